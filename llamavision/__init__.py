@@ -1,0 +1,88 @@
+"""llamavision: Llama 3.2 11B Vision on AI Gateway and Cloudflare Workers AI.
+
+The framework-free core: a neutral message model, image handling, one codec per provider wire
+format and an httpx client. LangChain and LlamaIndex integrations live in
+``langchain_llamavision`` and ``llamaindex_llamavision``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from llamavision.client import LlamaVisionClient
+from llamavision.errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ImageError,
+    InsufficientCreditsError,
+    LicenseAgreementRequiredError,
+    LlamaVisionError,
+    MalformedResponseError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    StreamInterruptedError,
+    UnsupportedParameterWarning,
+)
+from llamavision.images import ImageOptions, RemoteImage, ResolvedImage, resolve_image
+from llamavision.messages import (
+    ChatRequest,
+    ChatResult,
+    GenerationParams,
+    Image,
+    Message,
+    Price,
+    StreamAccumulator,
+    StreamDelta,
+    Text,
+    Tool,
+    ToolCall,
+    ToolCallChunk,
+    ToolResult,
+    Usage,
+)
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatRequest",
+    "ChatResult",
+    "ConfigurationError",
+    "GenerationParams",
+    "Image",
+    "ImageError",
+    "ImageOptions",
+    "InsufficientCreditsError",
+    "LicenseAgreementRequiredError",
+    "LlamaVisionClient",
+    "LlamaVisionError",
+    "MalformedResponseError",
+    "Message",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Price",
+    "RateLimitError",
+    "RemoteImage",
+    "ResolvedImage",
+    "ServerError",
+    "ServiceUnavailableError",
+    "StreamAccumulator",
+    "StreamDelta",
+    "StreamInterruptedError",
+    "Text",
+    "Tool",
+    "ToolCall",
+    "ToolCallChunk",
+    "ToolResult",
+    "UnsupportedParameterWarning",
+    "Usage",
+    "__version__",
+    "resolve_image",
+]

@@ -1,0 +1,896 @@
+"""``LlamaVisionClient``: one httpx client per instance, retries, failover, streaming.
+
+Sync and async share everything but the I/O: the codecs, the retry policy, image preparation
+and the decoration of results. Streams are never buffered: each delta is yielded as it arrives,
+and once one has reached the caller nothing is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import ModuleType, TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+from httpx_sse import EventSource
+from pydantic import SecretStr
+
+from llamavision import __version__
+from llamavision.errors import (
+    APIConnectionError,
+    ConfigurationError,
+    ImageError,
+    LicenseAgreementRequiredError,
+    LlamaVisionError,
+    MalformedResponseError,
+    StreamInterruptedError,
+)
+from llamavision.images import (
+    ImageOptions,
+    RemoteImage,
+    ResolvedImage,
+    compose_grid,
+    load_image_bytes,
+    resolve_image,
+)
+from llamavision.messages import (
+    ChatRequest,
+    ChatResult,
+    GenerationParams,
+    Image,
+    Message,
+    Part,
+    Price,
+    StreamDelta,
+    Tool,
+    ToolChoice,
+)
+from llamavision.providers import PROVIDERS
+
+logger = logging.getLogger("llamavision")
+T = TypeVar("T")
+MultiImage = Literal["error", "latest", "grid"]
+Messages = str | Message | Sequence[Message]
+BASE_URL_ENV = {"aigateway": "AIGATEWAY_BASE_URL", "cloudflare": "CLOUDFLARE_BASE_URL"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One configured provider: where to send, with which credential and model."""
+
+    provider: str
+    codec: ModuleType
+    base_url: str
+    model: str
+    api_key: SecretStr = dataclasses.field(repr=False)
+    price: Price
+
+    def headers(self) -> dict[str, str]:
+        """Return the request headers (including the credential)."""
+        return {
+            "Authorization": f"Bearer {self.api_key.get_secret_value()}",
+            "User-Agent": f"llamavision/{__version__}",
+        }
+
+
+def make_endpoint(
+    provider: str,
+    *,
+    api_key: str | SecretStr | None = None,
+    account_id: str | None = None,
+    base_url: str | None = None,
+    model: str | None = None,
+    price: Price | None = None,
+) -> Endpoint:
+    """Configure one provider from arguments, falling back to the environment.
+
+    Raises:
+        ConfigurationError: the provider is unknown or a credential is missing.
+
+    """
+    codec = PROVIDERS.get(provider)
+    if codec is None:
+        raise ConfigurationError(
+            f"Unknown provider {provider!r}: use one of {', '.join(map(repr, PROVIDERS))}."
+        )
+    key = api_key if api_key is not None else os.environ.get(codec.KEY_ENV)
+    if not key or (isinstance(key, SecretStr) and not key.get_secret_value()):
+        raise ConfigurationError(
+            f"No credential for {provider}: set the {codec.KEY_ENV} environment variable or "
+            "pass api_key=...",
+            provider=provider,
+        )
+    url = base_url or os.environ.get(BASE_URL_ENV[provider]) or codec.DEFAULT_BASE_URL
+    if "{account_id}" in url:
+        account = account_id or os.environ.get(codec.ACCOUNT_ENV)
+        if not account:
+            raise ConfigurationError(
+                f"No account id for {provider}: set the {codec.ACCOUNT_ENV} environment "
+                "variable or pass account_id=...",
+                provider=provider,
+            )
+        url = url.replace("{account_id}", account)
+    return Endpoint(
+        provider=provider,
+        codec=codec,
+        base_url=url.rstrip("/"),
+        model=model or codec.DEFAULT_MODEL,
+        api_key=key if isinstance(key, SecretStr) else SecretStr(key),
+        price=price or codec.PRICE,
+    )
+
+
+class LlamaVisionClient:
+    """Chat with Llama 3.2 11B Vision on AI Gateway or Cloudflare Workers AI.
+
+    Args:
+        provider: ``"aigateway"`` (default) or ``"cloudflare"``.
+        api_key: the credential; defaults to ``AIGATEWAY_API_KEY`` or ``CLOUDFLARE_API_TOKEN``.
+        account_id: Cloudflare account id; defaults to ``CLOUDFLARE_ACCOUNT_ID``.
+        base_url: override the endpoint (any OpenAI-compatible server for ``aigateway``;
+            a ``.../ai/run`` or Cloudflare AI Gateway ``.../workers-ai`` URL for
+            ``cloudflare``). Defaults to ``AIGATEWAY_BASE_URL`` / ``CLOUDFLARE_BASE_URL``,
+            then the provider's public URL.
+        model: the model id, if not the provider's id of Llama 3.2 11B Vision.
+        timeout: seconds allowed per request.
+        max_retries: retries of 429, 500, 502, 503, 504 and connection errors.
+        retry_backoff: first backoff in seconds; doubles each retry, with jitter.
+        max_retry_wait: longest ``Retry-After`` honoured; a longer one fails over or raises.
+        fallback_providers: providers tried in order (configured from the environment) when
+            the previous one fails with a retryable error before anything was streamed.
+        accept_license: on Cloudflare, accept Meta's license once if the account has not.
+        multi_image: several images in one conversation: ``"error"``, ``"latest"`` or
+            ``"grid"``.
+        image_options: how images are validated, downscaled and encoded.
+        prices: USD prices per provider, overriding the defaults.
+        http_client: an ``httpx.Client`` to use instead of the client's own.
+        http_async_client: an ``httpx.AsyncClient`` to use instead of the client's own.
+
+    Raises:
+        ConfigurationError: a credential or account id is missing (no request is sent).
+
+    Example:
+        .. code-block:: python
+
+            with LlamaVisionClient() as client:
+                result = client.chat([Message.user("What is this?", image="cat.jpg")])
+                print(result.text)
+
+    """
+
+    def __init__(
+        self,
+        provider: str = "aigateway",
+        *,
+        api_key: str | SecretStr | None = None,
+        account_id: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        retry_backoff: float = 0.5,
+        max_retry_wait: float = 60.0,
+        fallback_providers: Sequence[str] = (),
+        accept_license: bool = False,
+        multi_image: MultiImage = "error",
+        image_options: ImageOptions | None = None,
+        prices: Mapping[str, Price] | None = None,
+        http_client: httpx.Client | None = None,
+        http_async_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if multi_image not in ("error", "latest", "grid"):
+            raise ConfigurationError(
+                f"multi_image must be 'error', 'latest' or 'grid', not {multi_image!r}."
+            )
+        prices = prices or {}
+        self.endpoints: tuple[Endpoint, ...] = (
+            make_endpoint(
+                provider,
+                api_key=api_key,
+                account_id=account_id,
+                base_url=base_url,
+                model=model,
+                price=prices.get(provider),
+            ),
+            *(
+                make_endpoint(name, account_id=account_id, price=prices.get(name))
+                for name in fallback_providers
+            ),
+        )
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.max_retry_wait = max_retry_wait
+        self.accept_license = accept_license
+        self.multi_image: MultiImage = multi_image
+        self.image_options = image_options or ImageOptions()
+        self._http = http_client
+        self._ahttp = http_async_client
+        self._owns_http = http_client is None
+        self._owns_ahttp = http_async_client is None
+        self._agreed: set[str] = set()
+
+    @property
+    def provider(self) -> str:
+        """The primary provider's name."""
+        return self.endpoints[0].provider
+
+    @property
+    def model(self) -> str:
+        """The primary provider's model id."""
+        return self.endpoints[0].model
+
+    def __repr__(self) -> str:
+        return (
+            f"LlamaVisionClient(provider={self.provider!r}, model={self.model!r}, "
+            f"base_url={self.endpoints[0].base_url!r})"
+        )
+
+    # ----------------------------------------------------------------- public, sync
+
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        tools: Sequence[Tool] = (),
+        tool_choice: ToolChoice | None = None,
+        params: GenerationParams | None = None,
+        **overrides: Any,
+    ) -> ChatResult:
+        """Send a conversation and return the complete answer.
+
+        Args:
+            messages: the conversation (a string is one user message).
+            tools: tools the model may call.
+            tool_choice: ``"auto"``, ``"none"``, ``"required"`` or a tool's name.
+            params: sampling parameters.
+            **overrides: fields of :class:`GenerationParams` (``temperature=0.2``) that
+                override ``params``.
+
+        Raises:
+            LlamaVisionError: a typed subclass saying what went wrong and what to do.
+
+        """
+        request = self._request(messages, tools, tool_choice, params, overrides, stream=False)
+        messages_for = self._image_resolver(request)
+        return self._retrying(lambda ep: self._chat_once(ep, messages_for(ep)))
+
+    def stream(
+        self,
+        messages: Messages,
+        *,
+        tools: Sequence[Tool] = (),
+        tool_choice: ToolChoice | None = None,
+        params: GenerationParams | None = None,
+        **overrides: Any,
+    ) -> Iterator[StreamDelta]:
+        """Stream the answer, delta by delta, as it arrives.
+
+        Text and tool-call deltas come first; the last delta carries the finish reason, usage
+        and cost. Arguments are those of :meth:`chat`.
+
+        Raises:
+            StreamInterruptedError: the stream broke after text had been yielded; its
+                ``partial_text`` holds that text.
+            LlamaVisionError: any other failure, before anything was yielded.
+
+        """
+        request = self._request(messages, tools, tool_choice, params, overrides, stream=True)
+        messages_for = self._image_resolver(request)
+        opened = self._retrying(lambda ep: self._open_stream(ep, messages_for(ep)))
+        return opened.deltas()
+
+    def close(self) -> None:
+        """Close the HTTP connection pool, if this client created it."""
+        if self._http is not None and self._owns_http:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> LlamaVisionClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- public, async
+
+    async def achat(
+        self,
+        messages: Messages,
+        *,
+        tools: Sequence[Tool] = (),
+        tool_choice: ToolChoice | None = None,
+        params: GenerationParams | None = None,
+        **overrides: Any,
+    ) -> ChatResult:
+        """Async form of :meth:`chat`."""
+        request = self._request(messages, tools, tool_choice, params, overrides, stream=False)
+        messages_for = await self._aimage_resolver(request)
+
+        async def once(ep: Endpoint) -> ChatResult:
+            return await self._achat_once(ep, await messages_for(ep))
+
+        return await self._aretrying(once)
+
+    async def astream(
+        self,
+        messages: Messages,
+        *,
+        tools: Sequence[Tool] = (),
+        tool_choice: ToolChoice | None = None,
+        params: GenerationParams | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[StreamDelta]:
+        """Async form of :meth:`stream`."""
+        request = self._request(messages, tools, tool_choice, params, overrides, stream=True)
+        messages_for = await self._aimage_resolver(request)
+
+        async def once(ep: Endpoint) -> _AsyncOpenStream:
+            return await self._aopen_stream(ep, await messages_for(ep))
+
+        opened = await self._aretrying(once)
+        async for delta in opened.deltas():
+            yield delta
+
+    async def aclose(self) -> None:
+        """Close the async HTTP connection pool (and the sync one), if this client created them."""
+        if self._ahttp is not None and self._owns_ahttp:
+            await self._ahttp.aclose()
+            self._ahttp = None
+        self.close()
+
+    async def __aenter__(self) -> LlamaVisionClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ----------------------------------------------------------------- shared helpers
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.timeout)
+        return self._http
+
+    def _aclient(self) -> httpx.AsyncClient:
+        if self._ahttp is None:
+            self._ahttp = httpx.AsyncClient(timeout=self.timeout)
+        return self._ahttp
+
+    def _request(
+        self,
+        messages: Messages,
+        tools: Sequence[Tool],
+        tool_choice: ToolChoice | None,
+        params: GenerationParams | None,
+        overrides: Mapping[str, Any],
+        *,
+        stream: bool,
+    ) -> ChatRequest:
+        if isinstance(messages, str):
+            messages = (Message.user(messages),)
+        elif isinstance(messages, Message):
+            messages = (messages,)
+        params = params or GenerationParams()
+        if overrides:
+            try:
+                params = dataclasses.replace(params, **overrides)
+            except TypeError as exc:
+                fields = ", ".join(f.name for f in dataclasses.fields(GenerationParams))
+                raise ConfigurationError(
+                    f"Unknown generation parameter ({exc}). Known: {fields}; put anything "
+                    "else in extra={...}."
+                ) from None
+        return ChatRequest(
+            messages=tuple(messages),
+            model=self.model,
+            params=params,
+            tools=tuple(tools),
+            tool_choice=tool_choice,
+            stream=stream,
+        )
+
+    def _retry_delay(self, error: LlamaVisionError, attempt: int) -> float | None:
+        """Seconds to wait before retrying the same provider, or ``None`` to stop retrying it."""
+        if not error.retryable or attempt >= self.max_retries:
+            return None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return retry_after if retry_after <= self.max_retry_wait else None
+        backoff = self.retry_backoff * 2**attempt
+        return float(backoff * (0.5 + random.random()))
+
+    def _next_step(
+        self, ep: Endpoint, error: LlamaVisionError, attempt: int, is_last: bool
+    ) -> float | None:
+        """Decide after a failure: a delay to retry ``ep``, ``None`` to move on, or raise."""
+        if isinstance(error, LicenseAgreementRequiredError):
+            if not self.accept_license or ep.provider in self._agreed:
+                raise error
+            return -1.0  # accept the license, then retry at once
+        delay = self._retry_delay(error, attempt)
+        if delay is None and (not error.retryable or is_last):
+            raise error
+        if delay is not None:
+            logger.warning(
+                "%s failed (%s); retry %d/%d in %.2fs",
+                ep.provider,
+                type(error).__name__,
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
+        else:
+            logger.warning("%s failed (%s); failing over", ep.provider, type(error).__name__)
+        return delay
+
+    def _retrying(self, once: Callable[[Endpoint], T]) -> T:
+        for i, ep in enumerate(self.endpoints):
+            attempt = 0
+            while True:
+                try:
+                    return once(ep)
+                except LlamaVisionError as error:
+                    delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1)
+                    if delay is None:
+                        break
+                    if delay < 0:
+                        self._agree(ep)
+                        continue
+                    time.sleep(delay)
+                    attempt += 1
+        raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
+
+    async def _aretrying(self, once: Callable[[Endpoint], Awaitable[T]]) -> T:
+        for i, ep in enumerate(self.endpoints):
+            attempt = 0
+            while True:
+                try:
+                    return await once(ep)
+                except LlamaVisionError as error:
+                    delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1)
+                    if delay is None:
+                        break
+                    if delay < 0:
+                        await self._aagree(ep)
+                        continue
+                    await asyncio.sleep(delay)
+                    attempt += 1
+        raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
+
+    def _finish(
+        self,
+        ep: Endpoint,
+        result: ChatResult | StreamDelta,
+        headers: httpx.Headers,
+    ) -> None:
+        result.provider = ep.provider
+        result.model = result.model or ep.model
+        result.request_id = headers.get(ep.codec.REQUEST_ID_HEADER) or result.request_id
+        if result.usage is not None:
+            result.cost = ep.price.cost(result.usage)
+
+    # ----------------------------------------------------------------- images
+
+    def _local_images(self, request: ChatRequest) -> tuple[Message, ...]:
+        """Resolve every image (no network), then apply the one-image policy."""
+        opts = self.image_options
+        messages = [
+            dataclasses.replace(
+                m,
+                parts=tuple(
+                    Image(resolve_image(p.source, opts)) if isinstance(p, Image) else p
+                    for p in m.parts
+                ),
+            )
+            if m.images
+            else m
+            for m in request.messages
+        ]
+        count = sum(len(m.images) for m in messages)
+        if count <= 1:
+            return tuple(messages)
+        if self.multi_image == "error":
+            raise ImageError(
+                f"This conversation holds {count} images, but Llama 3.2 Vision is trained for "
+                "one image per conversation. Send one image, or pass multi_image='latest' to "
+                "keep only the last one, or multi_image='grid' to compose them into one "
+                "labelled grid (for comparisons)."
+            )
+        return tuple(messages)
+
+    @staticmethod
+    def _has_images(request: ChatRequest) -> bool:
+        return any(isinstance(p, Image) for m in request.messages for p in m.parts)
+
+    def _apply_policy(
+        self, messages: tuple[Message, ...], images: list[ResolvedImage] | None
+    ) -> tuple[Message, ...]:
+        """Keep one image: the last (``latest``) or a grid of all (``grid``, given resolved)."""
+        total = sum(len(m.images) for m in messages)
+        if total <= 1:
+            return messages
+        keep = compose_grid(images, self.image_options) if images is not None else None
+        seen, out = 0, []
+        for m in messages:
+            parts: list[Part] = []
+            for p in m.parts:
+                if isinstance(p, Image):
+                    seen += 1
+                    if keep is not None and seen == 1:
+                        parts.append(Image(keep))
+                    elif keep is None and seen == total:
+                        parts.append(p)
+                    continue
+                parts.append(p)
+            out.append(dataclasses.replace(m, parts=tuple(parts)))
+        return tuple(out)
+
+    def _image_resolver(self, request: ChatRequest) -> Callable[[Endpoint], ChatRequest]:
+        """Return a function giving each endpoint the request with images it can take."""
+        if not self._has_images(request):
+            return lambda ep: dataclasses.replace(request, model=ep.model)
+        local = self._local_images(request)
+        downloads: dict[str, ResolvedImage] = {}
+
+        def inline(image: Image) -> ResolvedImage:
+            src = image.source
+            if isinstance(src, RemoteImage):
+                if src.url not in downloads:
+                    downloads[src.url] = self._download(src.url)
+                return downloads[src.url]
+            return src  # type: ignore[no-any-return]
+
+        if self.multi_image == "grid" and sum(len(m.images) for m in local) > 1:
+            grid = [inline(i) for m in local for i in m.images]
+            local = self._apply_policy(local, grid)
+        else:
+            local = self._apply_policy(local, None)
+
+        def for_endpoint(ep: Endpoint) -> ChatRequest:
+            messages = local
+            if not ep.codec.FETCHES_IMAGE_URLS:
+                messages = tuple(_map_images(m, lambda i: Image(inline(i))) for m in local)
+            return dataclasses.replace(request, messages=messages, model=ep.model)
+
+        return for_endpoint
+
+    async def _aimage_resolver(
+        self, request: ChatRequest
+    ) -> Callable[[Endpoint], Awaitable[ChatRequest]]:
+        if not self._has_images(request):
+
+            async def plain(ep: Endpoint) -> ChatRequest:
+                return dataclasses.replace(request, model=ep.model)
+
+            return plain
+        local = await asyncio.to_thread(self._local_images, request)
+        downloads: dict[str, ResolvedImage] = {}
+
+        async def inline(image: Image) -> ResolvedImage:
+            src = image.source
+            if isinstance(src, RemoteImage):
+                if src.url not in downloads:
+                    downloads[src.url] = await self._adownload(src.url)
+                return downloads[src.url]
+            return src  # type: ignore[no-any-return]
+
+        if self.multi_image == "grid" and sum(len(m.images) for m in local) > 1:
+            grid = [await inline(i) for m in local for i in m.images]
+            local = await asyncio.to_thread(self._apply_policy, local, grid)
+        else:
+            local = self._apply_policy(local, None)
+
+        async def for_endpoint(ep: Endpoint) -> ChatRequest:
+            messages = local
+            if not ep.codec.FETCHES_IMAGE_URLS:
+                resolved = {id(i): Image(await inline(i)) for m in local for i in m.images}
+                messages = tuple(_map_images(m, lambda i: resolved[id(i)]) for m in local)
+            return dataclasses.replace(request, messages=messages, model=ep.model)
+
+        return for_endpoint
+
+    def _download_error(self, url: str, why: str) -> ImageError:
+        return ImageError(
+            f"Could not download image {url} to send it inline (Cloudflare cannot fetch URLs): "
+            f"{why}. Download it yourself and pass the bytes or a path."
+        )
+
+    def _check_download(self, url: str, response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            raise self._download_error(url, f"HTTP {response.status_code}")
+        ctype = response.headers.get("content-type", "")
+        if not ctype.startswith("image/"):
+            raise self._download_error(url, f"the server says it is {ctype or 'untyped'}")
+        size = int(response.headers.get("content-length") or 0)
+        if size > self.image_options.max_input_bytes:
+            raise self._download_error(url, f"it is {size / 1e6:.1f} MB, over the limit")
+
+    def _download(self, url: str) -> ResolvedImage:
+        limit = self.image_options.max_input_bytes
+        try:
+            with self._client().stream(
+                "GET", url, timeout=self.image_options.download_timeout, follow_redirects=True
+            ) as response:
+                self._check_download(url, response)
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise self._download_error(url, "it is over the size limit")
+        except httpx.HTTPError as exc:
+            raise self._download_error(url, str(exc) or type(exc).__name__) from exc
+        return load_image_bytes(bytes(data), self.image_options, origin=url)
+
+    async def _adownload(self, url: str) -> ResolvedImage:
+        limit = self.image_options.max_input_bytes
+        try:
+            async with self._aclient().stream(
+                "GET", url, timeout=self.image_options.download_timeout, follow_redirects=True
+            ) as response:
+                self._check_download(url, response)
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise self._download_error(url, "it is over the size limit")
+        except httpx.HTTPError as exc:
+            raise self._download_error(url, str(exc) or type(exc).__name__) from exc
+        return await asyncio.to_thread(
+            load_image_bytes, bytes(data), self.image_options, origin=url
+        )
+
+    # ----------------------------------------------------------------- license
+
+    def _agree(self, ep: Endpoint) -> None:
+        path, body = ep.codec.license_agreement(ep.model)
+        logger.warning("accepting Meta's license on %s for this account", ep.provider)
+        response = _send(
+            lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
+        )
+        self._after_agree(ep, response)
+
+    async def _aagree(self, ep: Endpoint) -> None:
+        path, body = ep.codec.license_agreement(ep.model)
+        logger.warning("accepting Meta's license on %s for this account", ep.provider)
+        response = await _asend(
+            self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
+        )
+        self._after_agree(ep, response)
+
+    def _after_agree(self, ep: Endpoint, response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            error = ep.codec.error_from(response.status_code, response.headers, response.content)
+            if not isinstance(error, LicenseAgreementRequiredError):
+                raise error
+        self._agreed.add(ep.provider)
+
+    # ----------------------------------------------------------------- one attempt
+
+    def _chat_once(self, ep: Endpoint, prepared: ChatRequest) -> ChatResult:
+        path, body = ep.codec.build_payload(prepared)
+        response = _send(
+            lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
+        )
+        return self._parse_reply(ep, response)
+
+    async def _achat_once(self, ep: Endpoint, prepared: ChatRequest) -> ChatResult:
+        path, body = ep.codec.build_payload(prepared)
+        response = await _asend(
+            self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
+        )
+        return self._parse_reply(ep, response)
+
+    def _parse_reply(self, ep: Endpoint, response: httpx.Response) -> ChatResult:
+        if response.status_code >= 400:
+            raise ep.codec.error_from(response.status_code, response.headers, response.content)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise MalformedResponseError(
+                f"{ep.provider} answered HTTP {response.status_code} with a body that is not "
+                f"JSON: {response.text[:200]!r}",
+                provider=ep.provider,
+                status_code=response.status_code,
+            ) from exc
+        result: ChatResult = ep.codec.parse_result(body)
+        self._finish(ep, result, response.headers)
+        return result
+
+    def _open_stream(self, ep: Endpoint, prepared: ChatRequest) -> _OpenStream:
+        path, body = ep.codec.build_payload(prepared)
+        http = self._client()
+        req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
+        response = _send(lambda: http.send(req, stream=True), ep)
+        opened = _OpenStream(self, ep, response)
+        opened.start()
+        return opened
+
+    async def _aopen_stream(self, ep: Endpoint, prepared: ChatRequest) -> _AsyncOpenStream:
+        path, body = ep.codec.build_payload(prepared)
+        http = self._aclient()
+        req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
+        response = await _asend(http.send(req, stream=True), ep)
+        opened = _AsyncOpenStream(self, ep, response)
+        await opened.start()
+        return opened
+
+
+def _map_images(message: Message, fn: Callable[[Image], Image]) -> Message:
+    if not message.images:
+        return message
+    parts = tuple(fn(p) if isinstance(p, Image) else p for p in message.parts)
+    return dataclasses.replace(message, parts=parts)
+
+
+def _connection_error(ep: Endpoint, exc: Exception) -> APIConnectionError:
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
+    return APIConnectionError(
+        f"{ep.provider} {kind} at {ep.base_url} ({type(exc).__name__}: {exc}). Check the "
+        "network and base_url, or raise timeout.",
+        provider=ep.provider,
+    )
+
+
+def _send(call: Callable[[], httpx.Response], ep: Endpoint) -> httpx.Response:
+    try:
+        return call()
+    except httpx.TransportError as exc:
+        raise _connection_error(ep, exc) from exc
+
+
+async def _asend(call: Awaitable[httpx.Response], ep: Endpoint) -> httpx.Response:
+    try:
+        return await call
+    except httpx.TransportError as exc:
+        raise _connection_error(ep, exc) from exc
+
+
+class _StreamBase:
+    """State of one opened stream, shared by the sync and async readers."""
+
+    def __init__(self, client: LlamaVisionClient, ep: Endpoint, response: httpx.Response) -> None:
+        self.client = client
+        self.ep = ep
+        self.response = response
+        self.parser = ep.codec.StreamParser()
+        self.pending: list[StreamDelta] = []
+        self.pieces: list[str] = []
+        self.done = False
+
+    def status_error(self) -> LlamaVisionError:
+        return self.ep.codec.error_from(  # type: ignore[no-any-return]
+            self.response.status_code, self.response.headers, self.response.content
+        )
+
+    def on_data(self, data: str) -> list[StreamDelta]:
+        if data == "[DONE]":
+            self.done = True
+            return [self.final()]
+        return self.parser.feed(data)  # type: ignore[no-any-return]
+
+    def on_end(self) -> list[StreamDelta]:
+        """Handle the end of the body before [DONE]: fine after a finish reason, else a cut."""
+        if self.parser.complete:
+            self.done = True
+            return [self.final()]
+        raise APIConnectionError(
+            f"{self.ep.provider} closed the stream before it was complete (no [DONE]).",
+            provider=self.ep.provider,
+        )
+
+    def final(self) -> StreamDelta:
+        delta: StreamDelta = self.parser.finish()
+        self.client._finish(self.ep, delta, self.response.headers)
+        return delta
+
+    def interrupted(self, exc: BaseException) -> StreamInterruptedError:
+        text = "".join(self.pieces)
+        return StreamInterruptedError(
+            f"The {self.ep.provider} stream broke after {len(text)} characters ({exc}). "
+            "The text received so far is in .partial_text; ask again to get the rest.",
+            partial_text=text,
+            provider=self.ep.provider,
+            request_id=self.response.headers.get(self.ep.codec.REQUEST_ID_HEADER),
+        )
+
+
+class _OpenStream(_StreamBase):
+    """A stream whose first delta has arrived (so that everything before it can be retried)."""
+
+    def start(self) -> None:
+        try:
+            if self.response.status_code >= 400:
+                self.response.read()
+                raise self.status_error()
+            self.events = EventSource(self.response).iter_sse()
+            while not self.pending:
+                self.pending = self._next()
+        except BaseException:
+            self.response.close()
+            raise
+
+    def _next(self) -> list[StreamDelta]:
+        try:
+            event = next(self.events, None)
+        except httpx.TransportError as exc:
+            raise _connection_error(self.ep, exc) from exc
+        if event is None:
+            return self.on_end()
+        return self.on_data(event.data)
+
+    def deltas(self) -> Iterator[StreamDelta]:
+        pieces = self.pieces
+        try:
+            while True:
+                for delta in self.pending:
+                    if delta.text:
+                        pieces.append(delta.text)
+                    yield delta
+                if self.done:
+                    return
+                try:
+                    self.pending = self._next()
+                except LlamaVisionError as exc:
+                    raise self.interrupted(exc) from exc
+        finally:
+            self.response.close()
+
+
+class _AsyncOpenStream(_StreamBase):
+    """Async twin of :class:`_OpenStream`."""
+
+    async def start(self) -> None:
+        try:
+            if self.response.status_code >= 400:
+                await self.response.aread()
+                raise self.status_error()
+            self.events = EventSource(self.response).aiter_sse()
+            while not self.pending:
+                self.pending = await self._next()
+        except BaseException:
+            await self.response.aclose()
+            raise
+
+    async def _next(self) -> list[StreamDelta]:
+        try:
+            event = await anext(self.events, None)
+        except httpx.TransportError as exc:
+            raise _connection_error(self.ep, exc) from exc
+        if event is None:
+            return self.on_end()
+        return self.on_data(event.data)
+
+    async def deltas(self) -> AsyncIterator[StreamDelta]:
+        pieces = self.pieces
+        try:
+            while True:
+                for delta in self.pending:
+                    if delta.text:
+                        pieces.append(delta.text)
+                    yield delta
+                if self.done:
+                    return
+                try:
+                    self.pending = await self._next()
+                except LlamaVisionError as exc:
+                    raise self.interrupted(exc) from exc
+        finally:
+            await self.response.aclose()

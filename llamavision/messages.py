@@ -1,0 +1,334 @@
+"""The neutral conversation model that both framework adapters translate to and from.
+
+Plain slotted dataclasses: cheap to build per token, no validation on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llamavision.errors import MalformedResponseError
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A piece of text in a message."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image in a message.
+
+    ``source`` is anything :func:`llamavision.images.resolve_image` accepts: a path, bytes, a
+    binary file object, a PIL image, an http(s) URL, a data URL, or an already
+    :class:`~llamavision.images.ResolvedImage` / :class:`~llamavision.images.RemoteImage`.
+    """
+
+    source: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call of a tool by the assistant; ``arguments`` is the decoded JSON object."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def arguments_json(self) -> str:
+        """Return the arguments as a compact JSON string."""
+        return json.dumps(self.arguments, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """The result of a tool call, sent back to the model in a ``tool`` message."""
+
+    tool_call_id: str
+    content: str
+    name: str | None = None
+
+
+Part = Text | Image | ToolCall | ToolResult
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of a conversation: a role and its parts."""
+
+    role: Role
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def system(cls, text: str) -> Message:
+        """Build a system message."""
+        return cls("system", (Text(text),))
+
+    @classmethod
+    def user(cls, text: str = "", *, image: Any = None, images: Iterable[Any] = ()) -> Message:
+        """Build a user message from text and, optionally, one or more images."""
+        parts: list[Part] = [Image(src) for src in ([image] if image is not None else [])]
+        parts.extend(Image(src) for src in images)
+        if text:
+            parts.append(Text(text))
+        return cls("user", tuple(parts))
+
+    @classmethod
+    def assistant(cls, text: str = "", tool_calls: Iterable[ToolCall] = ()) -> Message:
+        """Build an assistant message, with the tool calls it made if any."""
+        parts: list[Part] = [Text(text)] if text else []
+        parts.extend(tool_calls)
+        return cls("assistant", tuple(parts))
+
+    @classmethod
+    def tool(cls, tool_call_id: str, content: str, name: str | None = None) -> Message:
+        """Build a tool message carrying the result of one tool call."""
+        return cls("tool", (ToolResult(tool_call_id, content, name),))
+
+    @property
+    def text(self) -> str:
+        """All text parts joined together."""
+        return "".join(p.text for p in self.parts if isinstance(p, Text))
+
+    @property
+    def images(self) -> list[Image]:
+        """The image parts of this message."""
+        return [p for p in self.parts if isinstance(p, Image)]
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The tool calls of this (assistant) message."""
+        return [p for p in self.parts if isinstance(p, ToolCall)]
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A tool the model may call, described by a JSON schema of its parameters."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+ToolChoice = Literal["auto", "none", "required"] | str
+"""``"auto"``, ``"none"``, ``"required"``, or the name of the one tool that must be called."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Sampling and output controls; ``None`` means "the provider's default".
+
+    ``response_format`` is ``"json_object"`` for JSON mode, or a JSON schema (a dict with
+    ``name`` and ``schema``, as OpenAI's ``json_schema`` takes it) for schema-constrained output.
+    ``extra`` is sent to the provider as is, for parameters this library does not know.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    response_format: Literal["json_object"] | Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """Everything a provider codec needs to build one request body."""
+
+    messages: tuple[Message, ...]
+    model: str
+    params: GenerationParams = field(default_factory=GenerationParams)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million input and output tokens."""
+
+    input_per_million: float
+    output_per_million: float
+
+    def cost(self, usage: Usage) -> float:
+        """Return the cost of ``usage`` in USD."""
+        return (
+            usage.prompt_tokens * self.input_per_million
+            + usage.completion_tokens * self.output_per_million
+        ) / 1e6
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A complete answer.
+
+    ``cost`` is in USD, computed from the client's price table; ``raw`` is the provider's reply.
+    """
+
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    cost: float | None = None
+    provider: str | None = None
+    model: str | None = None
+    request_id: str | None = None
+    raw: Any = None
+
+    def to_message(self) -> Message:
+        """Return this answer as an assistant message, ready to append to the conversation."""
+        return Message.assistant(self.text, self.tool_calls)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallChunk:
+    """A fragment of a streamed tool call.
+
+    The first fragment of call ``index`` carries ``id`` and ``name``; the ``arguments``
+    fragments of the same index concatenate to the call's JSON arguments.
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class StreamDelta:
+    """One step of a streamed answer.
+
+    Text and tool-call fragments as they arrive; the last delta of a stream carries the
+    finish reason, usage and cost instead.
+    """
+
+    text: str = ""
+    tool_call_chunks: tuple[ToolCallChunk, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    cost: float | None = None
+    provider: str | None = None
+    model: str | None = None
+    request_id: str | None = None
+
+
+def parse_arguments(raw: str, provider: str | None = None) -> dict[str, Any]:
+    """Decode tool-call arguments, which must be a JSON object (an empty string means ``{}``).
+
+    Raises:
+        MalformedResponseError: the arguments are not valid JSON or not an object.
+
+    """
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise MalformedResponseError(
+            f"tool-call arguments are not valid JSON ({exc.msg}): {raw[:300]!r}", provider=provider
+        ) from exc
+    if not isinstance(value, dict):
+        raise MalformedResponseError(
+            f"tool-call arguments are not a JSON object: {raw[:300]!r}", provider=provider
+        )
+    return value
+
+
+class StreamAccumulator:
+    """Folds stream deltas into a :class:`ChatResult` (text joined, tool calls assembled).
+
+    Text is kept as a list of pieces and joined once, so accumulation stays linear.
+    """
+
+    __slots__ = (
+        "_calls",
+        "_pieces",
+        "cost",
+        "finish_reason",
+        "model",
+        "provider",
+        "request_id",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._calls: dict[int, list[Any]] = {}
+        self.finish_reason: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.cost: float | None = None
+        self.provider: str | None = None
+        self.model: str | None = None
+        self.request_id: str | None = None
+
+    def add(self, delta: StreamDelta) -> None:
+        """Take in one delta."""
+        if delta.text:
+            self._pieces.append(delta.text)
+        for chunk in delta.tool_call_chunks:
+            call = self._calls.get(chunk.index)
+            if call is None:
+                self._calls[chunk.index] = [chunk.id, chunk.name, [chunk.arguments]]
+            else:
+                call[0] = call[0] or chunk.id
+                call[1] = call[1] or chunk.name
+                call[2].append(chunk.arguments)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+        if delta.usage is not None:
+            self.usage, self.cost = delta.usage, delta.cost
+        self.provider = delta.provider or self.provider
+        self.model = delta.model or self.model
+        self.request_id = delta.request_id or self.request_id
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return "".join(self._pieces)
+
+    def result(self) -> ChatResult:
+        """Return everything received so far as a :class:`ChatResult`.
+
+        Raises:
+            MalformedResponseError: a tool call's arguments did not assemble into a JSON object.
+
+        """
+        calls = []
+        for index in sorted(self._calls):
+            call_id, name, fragments = self._calls[index]
+            arguments = parse_arguments("".join(fragments), self.provider)
+            calls.append(ToolCall(call_id or f"call_{index}", name or "", arguments))
+        return ChatResult(
+            text=self.text,
+            tool_calls=calls,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            cost=self.cost,
+            provider=self.provider,
+            model=self.model,
+            request_id=self.request_id,
+        )
