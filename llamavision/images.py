@@ -233,7 +233,7 @@ def load_image_bytes(
         rotated = _orientation(img) not in (None, 1)
         fits = options.max_side is None or max(width, height) <= options.max_side
         if not options.reencode or (fits and not rotated and mime != "image/gif"):
-            img.verify()
+            img.load()  # decode once, so that a truncated file fails here, not upstream
             return ResolvedImage(data, mime, width, height)
         return _encode(_prepare(img, options), options)
     except (
