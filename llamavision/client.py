@@ -621,7 +621,7 @@ class LlamaVisionClient:
             raise self._download_error(url, f"the server says it is {ctype or 'untyped'}")
         size = int(response.headers.get("content-length") or 0)
         if size > self.image_options.max_input_bytes:
-            raise self._download_error(url, f"it is {size / 1e6:.1f} MB, over the limit")
+            raise self._download_error(url, f"it is {size} bytes, over the size limit")
 
     def _download(self, url: str) -> ResolvedImage:
         limit = self.image_options.max_input_bytes
@@ -634,7 +634,7 @@ class LlamaVisionClient:
                 for chunk in response.iter_bytes():
                     data += chunk
                     if len(data) > limit:
-                        raise self._download_error(url, "it is over the size limit")
+                        raise self._download_error(url, f"it is over the size limit ({limit} B)")
         except httpx.HTTPError as exc:
             raise self._download_error(url, str(exc) or type(exc).__name__) from exc
         return load_image_bytes(bytes(data), self.image_options, origin=url)
@@ -650,7 +650,7 @@ class LlamaVisionClient:
                 async for chunk in response.aiter_bytes():
                     data += chunk
                     if len(data) > limit:
-                        raise self._download_error(url, "it is over the size limit")
+                        raise self._download_error(url, f"it is over the size limit ({limit} B)")
         except httpx.HTTPError as exc:
             raise self._download_error(url, str(exc) or type(exc).__name__) from exc
         return await asyncio.to_thread(

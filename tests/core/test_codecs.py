@@ -188,7 +188,9 @@ def test_openai_stream_with_interleaved_tool_calls_and_usage() -> None:
             '"function":{"name":"get_weather","arguments":"{\\"ci"}}]}'
         ),
         chunk.format(delta='{"tool_calls":[{"index":0,"function":{"arguments":"{\\"city\\":"}}]}'),
-        chunk.format(delta='{"tool_calls":[{"index":1,"function":{"arguments":"ty\\":\\"Rome\\"}"}}]}'),
+        chunk.format(
+            delta='{"tool_calls":[{"index":1,"function":{"arguments":"ty\\":\\"Rome\\"}"}}]}'
+        ),
         chunk.format(delta='{"tool_calls":[{"index":0,"function":{"arguments":"\\"Oslo\\"}"}}]}'),
         '{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}',
         '{"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}',
@@ -280,7 +282,9 @@ def test_cloudflare_request_uses_the_messages_shape_with_inline_images() -> None
             {
                 "role": "assistant",
                 "content": "",
-                "tool_calls": [{"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}],
+                "tool_calls": [
+                    {"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}
+                ],
             },
             {
                 "role": "tool",
@@ -349,9 +353,20 @@ def test_cloudflare_reply_with_object_arguments_gets_stable_minted_ids() -> None
 
 def test_cloudflare_text_reply() -> None:
     result = cf.parse_result(
-        {"result": {"response": "A cat.", "usage": {"prompt_tokens": 5, "completion_tokens": 3,
-                                                     "total_tokens": 8, "neurons": 1.5}},
-         "success": True, "errors": [], "messages": []}
+        {
+            "result": {
+                "response": "A cat.",
+                "usage": {
+                    "prompt_tokens": 5,
+                    "completion_tokens": 3,
+                    "total_tokens": 8,
+                    "neurons": 1.5,
+                },
+            },
+            "success": True,
+            "errors": [],
+            "messages": [],
+        }
     )
     assert (result.text, result.finish_reason, result.usage) == ("A cat.", "stop", Usage(5, 3, 8))
     with pytest.raises(MalformedResponseError, match="no result"):
@@ -433,8 +448,12 @@ def test_cloudflare_license_error_says_how_to_accept(status: int) -> None:
 def test_cloudflare_auth_and_capacity_errors() -> None:
     def envelope(code: int, message: str) -> bytes:
         return json.dumps(
-            {"result": None, "success": False, "errors": [{"code": code, "message": message}],
-             "messages": []}
+            {
+                "result": None,
+                "success": False,
+                "errors": [{"code": code, "message": message}],
+                "messages": [],
+            }
         ).encode()
 
     auth = cf.error_from(403, {}, envelope(10000, "Authentication error"))

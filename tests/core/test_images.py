@@ -56,7 +56,7 @@ def test_gif_sends_its_first_frame_as_png_or_jpeg() -> None:
     frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:])
     resolved = resolve_image(out.getvalue())
     assert isinstance(resolved, ResolvedImage) and resolved.mime_type in ("image/jpeg", "image/png")
-    r, g, b = decoded(resolved).convert("RGB").getpixel((10, 10))  # type: ignore[misc]
+    _, g, b = decoded(resolved).convert("RGB").getpixel((10, 10))  # type: ignore[misc]
     assert b > 200 and g < 50
 
 
@@ -141,7 +141,7 @@ def test_size_cap_applies_to_every_source(tmp_path: Path) -> None:
     path.write_bytes(data)
     data_url = "data:image/png;base64," + base64.b64encode(data * 2).decode()
     for source in (data, path, io.BytesIO(data), data_url):
-        with pytest.raises(ImageError, match="over the .* limit"):
+        with pytest.raises(ImageError, match=r"over the .* limit"):
             resolve_image(source, options)  # type: ignore[arg-type]
 
 
