@@ -215,6 +215,7 @@ class LlamaVisionClient:
         self._ahttp = http_async_client
         self._owns_http = http_client is None
         self._owns_ahttp = http_async_client is None
+        self._aloop: asyncio.AbstractEventLoop | None = None
         self._agreed: set[str] = set()
 
     @property
@@ -370,8 +371,12 @@ class LlamaVisionClient:
         return self._http
 
     def _aclient(self) -> httpx.AsyncClient:
-        if self._ahttp is None:
+        # An AsyncClient's connections belong to one event loop; when we own the client and
+        # the loop changed (a new asyncio.run, a notebook cell), start a fresh pool.
+        loop = asyncio.get_running_loop()
+        if self._ahttp is None or (self._owns_ahttp and self._aloop is not loop):
             self._ahttp = httpx.AsyncClient(timeout=self.timeout)
+            self._aloop = loop
         return self._ahttp
 
     def _request(

@@ -1,0 +1,30 @@
+"""A local server that speaks both providers' wire formats, for offline tests and demos.
+
+``Emulator`` is the ASGI app (scriptable, with fault injection); ``EmulatorServer`` serves it
+on a free loopback port in a background thread.
+"""
+
+from __future__ import annotations
+
+from llamavision.emulator.app import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_AIGATEWAY_KEY,
+    DEFAULT_CLOUDFLARE_TOKEN,
+    Emulator,
+    Fault,
+    Received,
+    Reply,
+)
+from llamavision.emulator.server import EmulatorServer, serve
+
+__all__ = [
+    "DEFAULT_ACCOUNT_ID",
+    "DEFAULT_AIGATEWAY_KEY",
+    "DEFAULT_CLOUDFLARE_TOKEN",
+    "Emulator",
+    "EmulatorServer",
+    "Fault",
+    "Received",
+    "Reply",
+    "serve",
+]

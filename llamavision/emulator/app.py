@@ -1,0 +1,505 @@
+"""The emulator's shared machinery: routing, auth keys, scripts, faults and default answers.
+
+Each provider's wire format lives in its own route module (``aigateway.py``,
+``cloudflare.py``); this module only sees the neutral :class:`Received` request and produces
+an :class:`Answer`, which the route renders in its provider's format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from PIL import Image as PILImage
+from PIL import ImageStat
+
+Scope = dict[str, Any]
+ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+
+DEFAULT_AIGATEWAY_KEY = "emulator-key"
+DEFAULT_CLOUDFLARE_TOKEN = "emulator-token"
+DEFAULT_ACCOUNT_ID = "emulator-account"
+IMAGE_TOKENS = 1601  # what one image costs in prompt tokens, deterministic stand-in
+
+_COLOURS = {
+    "red": (200, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (30, 60, 200),
+    "yellow": (230, 210, 40),
+    "orange": (240, 140, 30),
+    "purple": (130, 40, 160),
+    "cyan": (40, 200, 210),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+    "grey": (128, 128, 128),
+}
+
+
+@dataclass
+class Reply:
+    """An exact answer queued by a test or notebook.
+
+    ``tool_calls`` holds ``(name, arguments)`` pairs; ``usage`` is ``(prompt, completion)``
+    tokens, computed from the text when omitted; ``provider`` limits the reply to one route.
+    """
+
+    text: str = ""
+    tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: tuple[int, int] | None = None
+    provider: str | None = None
+
+
+FaultKind = Literal["status", "delay", "cut", "malformed_json", "unknown_event", "bad_body"]
+
+
+@dataclass
+class Fault:
+    """A failure injected into the next matching request.
+
+    Kinds: ``status`` (answer ``status`` with the provider's error envelope and, if set,
+    ``Retry-After``), ``delay`` (wait ``seconds`` then answer normally), ``cut`` (drop the
+    connection after ``after_events`` stream events), ``malformed_json`` (a stream event, or a
+    reply body, that is not JSON), ``unknown_event`` (a stream event of no known shape) and
+    ``bad_body`` (a 200 reply that is JSON but not the provider's shape).
+    """
+
+    kind: FaultKind
+    status: int = 500
+    retry_after: str | None = None
+    seconds: float = 0.0
+    after_events: int = 1
+    message: str = "injected by the emulator"
+    provider: str | None = None
+
+
+@dataclass
+class Received:
+    """A request as the emulator understood it, whatever the provider."""
+
+    provider: str
+    path: str
+    body: dict[str, Any]
+    messages: list[dict[str, Any]]
+    images: list[str]
+    tools: list[dict[str, Any]]
+    tool_choice: Any = None
+    response_format: Any = None
+    max_tokens: int | None = None
+    stream: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    """What the emulator says, before a route renders it."""
+
+    text: str
+    tool_calls: list[tuple[str, dict[str, Any]]]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    def pieces(self) -> list[str]:
+        """Split the text into the token-like pieces that a stream sends one by one."""
+        return re.findall(r"\s*\S+", self.text) or ([self.text] if self.text else [])
+
+
+@dataclass
+class Response:
+    """A reply: a JSON body, or a list of SSE ``data:`` payloads when ``events`` is set."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    events: list[str] | None = None
+    cut_after: int | None = None
+    raw: bytes | None = None
+    answered: bool = False
+
+
+class EmulatorError(Exception):
+    """Raised by a route to answer with the provider's error envelope."""
+
+    def __init__(self, status: int, message: str, code: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+class Route(Protocol):
+    """What a provider's route module offers (see ``aigateway.py`` and ``cloudflare.py``)."""
+
+    NAME: str
+
+    def matches(self, path: str) -> bool:
+        """Return whether this route serves ``path``."""
+
+    def handle(
+        self, emulator: Emulator, path: str, headers: dict[str, str], raw: bytes
+    ) -> Response:
+        """Serve one request."""
+
+    def error_response(self, error: EmulatorError) -> Response:
+        """Render an error in the provider's envelope."""
+
+
+class Emulator:
+    """An ASGI app that speaks AI Gateway's and Cloudflare Workers AI's wire formats.
+
+    Answers are deterministic and honest: they say they are synthetic and describe what was
+    received (the question; the image's format, size and mean colour). Tests and notebooks
+    may queue exact replies (:meth:`script`) and faults (:meth:`fail`), and read back what was
+    received (:attr:`requests`).
+
+    Args:
+        aigateway_key: the only AI Gateway key accepted.
+        cloudflare_token: the only Cloudflare token accepted.
+        license_gate: emulate Cloudflare's one-time license acceptance (error 5016).
+        cloudflare_stream_shape: stream ``response``-shaped events (as this model does) or
+            OpenAI-style ``choices`` chunks (as newer models on the same route do).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        aigateway_key: str = DEFAULT_AIGATEWAY_KEY,
+        cloudflare_token: str = DEFAULT_CLOUDFLARE_TOKEN,
+        license_gate: bool = True,
+        cloudflare_stream_shape: Literal["response", "choices"] = "response",
+    ) -> None:
+        from llamavision.emulator import aigateway, cloudflare
+
+        self.keys = {aigateway.NAME: aigateway_key, cloudflare.NAME: cloudflare_token}
+        self.license_gate = license_gate
+        self.cloudflare_stream_shape = cloudflare_stream_shape
+        self.agreed_accounts: set[str] = set()
+        self.requests: list[Received] = []
+        self._replies: list[Reply] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._routes: tuple[Route, ...] = (aigateway, cloudflare)
+
+    # ------------------------------------------------------------------ scripting API
+
+    def script(self, *replies: Reply) -> None:
+        """Queue exact replies, used in order by the next matching requests."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    def fail(self, *faults: Fault) -> None:
+        """Queue faults, each spent by the next matching request."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def reset(self, drain_timeout: float = 5.0) -> None:
+        """Forget queued replies and faults, received requests and license acceptances.
+
+        Waits first (up to ``drain_timeout`` seconds) for requests still being served, so that
+        a slow request of one test cannot take a reply queued by the next.
+        """
+        deadline = time.monotonic() + drain_timeout
+        while self._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._lock:
+            self._replies.clear()
+            self._faults.clear()
+            self.requests.clear()
+            self.agreed_accounts.clear()
+
+    def _take(self, queue: list[Any], provider: str) -> Any:
+        with self._lock:
+            for i, item in enumerate(queue):
+                if item.provider in (None, provider):
+                    return queue.pop(i)
+        return None
+
+    def take_fault(self, provider: str) -> Fault | None:
+        """Pop the next fault for ``provider``, if any."""
+        fault: Fault | None = self._take(self._faults, provider)
+        return fault
+
+    def record(self, received: Received) -> None:
+        """Remember a received request."""
+        with self._lock:
+            self.requests.append(received)
+
+    # ------------------------------------------------------------------ answers
+
+    def answer(self, received: Received) -> Answer:
+        """Return the scripted reply for a request, or the default deterministic answer."""
+        prompt_tokens = _prompt_tokens(received)
+        reply: Reply | None = self._take(self._replies, received.provider)
+        if reply is not None:
+            completion = reply.usage[1] if reply.usage else max(1, len(reply.text.split()))
+            return Answer(
+                reply.text,
+                reply.tool_calls,
+                reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop"),
+                reply.usage[0] if reply.usage else prompt_tokens,
+                completion,
+            )
+        text, calls = default_answer(received)
+        answer = Answer(text, calls, "tool_calls" if calls else "stop", prompt_tokens, 0)
+        pieces = answer.pieces()
+        if received.max_tokens is not None and len(pieces) > received.max_tokens:
+            answer.text = "".join(pieces[: received.max_tokens])
+            answer.finish_reason = "length"
+            pieces = pieces[: received.max_tokens]
+        answer.completion_tokens = max(1, len(pieces)) if not calls else 8 * len(calls)
+        return answer
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        """Serve one ASGI connection."""
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        self._inflight += 1
+        try:
+            response = await self.handle(scope["method"], scope["path"], headers, b"".join(chunks))
+            await _send(response, send)
+        finally:
+            self._inflight -= 1
+
+    async def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Response:
+        """Route one request to its provider and build the reply."""
+        for route in self._routes:
+            if route.matches(path):
+                break
+        else:
+            return Response(
+                404,
+                {
+                    "error": {
+                        "message": f"No route for {path}",
+                        "type": "not_found",
+                        "param": None,
+                        "code": "not_found",
+                    }
+                },
+            )
+        if method != "POST":
+            return route.error_response(EmulatorError(405, f"{method} is not allowed here"))
+        fault = self.take_fault(route.NAME)
+        if fault is not None and fault.kind == "delay":
+            await asyncio.sleep(fault.seconds)
+            fault = None
+        if fault is not None and fault.kind == "status":
+            response = route.error_response(EmulatorError(fault.status, fault.message))
+            if fault.retry_after is not None:
+                response.headers["retry-after"] = fault.retry_after
+            return response
+        try:
+            response = route.handle(self, path, dict(headers), body)
+        except EmulatorError as exc:
+            response = route.error_response(exc)
+        if fault is not None and not response.answered:
+            with self._lock:  # not spent: it applies to the next real answer
+                self._faults.insert(0, fault)
+        elif fault is not None:
+            apply_fault(response, fault)
+        return response
+
+    def check_key(self, provider: str, headers: Mapping[str, str]) -> bool:
+        """Return whether the request carries the accepted key for ``provider``."""
+        return headers.get("authorization", "") == f"Bearer {self.keys[provider]}"
+
+
+def apply_fault(response: Response, fault: Fault) -> None:
+    """Spoil an answer: cut its stream, or slip in a malformed or unknown event or body."""
+    if response.events is None:
+        if fault.kind == "malformed_json":
+            response.raw = b'{"truncated": '
+        elif fault.kind == "bad_body":
+            response.body = {"unexpected": "shape"}
+        return
+    at = min(fault.after_events, len(response.events) - 1)
+    if fault.kind == "cut":
+        response.cut_after = at
+    elif fault.kind == "malformed_json":
+        response.events.insert(at, '{"response": "trunc')
+    elif fault.kind == "unknown_event":
+        response.events.insert(at, '{"kind": "mystery", "payload": "lost text?"}')
+
+
+async def _send(response: Response, send: ASGISend) -> None:
+    if response.events is None:
+        body = response.raw if response.raw is not None else json.dumps(response.body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    *((k.encode(), v.encode()) for k, v in response.headers.items()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                *((k.encode(), v.encode()) for k, v in response.headers.items()),
+            ],
+        }
+    )
+    for i, data in enumerate(response.events):
+        if response.cut_after is not None and i >= response.cut_after:
+            raise ConnectionAbortedError("stream cut by an injected fault")
+        await send(
+            {"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True}
+        )
+    await send({"type": "http.response.body", "body": b""})
+
+
+# ---------------------------------------------------------------------- default answers
+
+
+def default_answer(received: Received) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """Answer honestly and deterministically from what was received."""
+    messages = received.messages
+    last = messages[-1] if messages else {"role": "user", "text": ""}
+    if last["role"] == "tool":
+        results = [m for m in messages[_last_assistant(messages) + 1 :] if m["role"] == "tool"]
+        said = "; ".join(f"{m.get('name') or 'tool'} returned {m['text']!r}" for m in results)
+        return f"Synthetic answer from the llamavision emulator: {said}.", []
+    tool = _tool_to_call(received, last.get("text", ""))
+    if tool is not None:
+        return "", [(tool["name"], example_for(tool.get("parameters") or {}))]
+    question = next((m["text"] for m in reversed(messages) if m["role"] == "user"), "")
+    seen = describe_image(received.images[-1]) if received.images else "no image"
+    fmt = received.response_format
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        return json.dumps(example_for(schema)), []
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
+        payload = {"source": "llamavision emulator", "question": question, "image": seen}
+        return json.dumps(payload), []
+    return (
+        f"This is a synthetic answer from the llamavision emulator ({received.provider}). "
+        f"I received {seen}. You asked: {question!r}",
+        [],
+    )
+
+
+def _last_assistant(messages: list[dict[str, Any]]) -> int:
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "assistant":
+            return i
+    return -1
+
+
+def _tool_to_call(received: Received, text: str) -> dict[str, Any] | None:
+    """Pick the tool to call: forced by tool_choice, or named in the last user message."""
+    tools, choice = received.tools, received.tool_choice
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, Mapping):
+        name = (choice.get("function") or {}).get("name")
+        return next((t for t in tools if t["name"] == name), None)
+    if choice == "required":
+        return next((t for t in tools if t["name"].lower() in text.lower()), tools[0])
+    return next((t for t in tools if t["name"].lower() in text.lower()), None)
+
+
+def example_for(schema: Mapping[str, Any], defs: Mapping[str, Any] | None = None) -> Any:
+    """Return a value that validates against a JSON schema (required properties only)."""
+    defs = (
+        defs if defs is not None else {**schema.get("$defs", {}), **schema.get("definitions", {})}
+    )
+    if "$ref" in schema:
+        return example_for(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
+            return example_for(options[0], defs)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        required = schema.get("required", list(props))
+        return {name: example_for(props.get(name, {}), defs) for name in required}
+    if kind == "array":
+        return [example_for(schema.get("items", {}), defs)] * max(1, schema.get("minItems", 1))
+    if kind == "integer":
+        return int(schema.get("minimum", 1))
+    if kind == "number":
+        return float(schema.get("minimum", 1.5))
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "example"
+
+
+def decode_image(url: str) -> PILImage.Image | None:
+    """Decode a data URL or base64 image; ``None`` for anything else."""
+    payload = url.partition(",")[2] if url.startswith("data:") else url
+    try:
+        return PILImage.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+    except (binascii.Error, ValueError, OSError):
+        return None
+
+
+def describe_image(url: str) -> str:
+    """Describe an image honestly: format, size and mean colour, or why it was not read."""
+    if url.startswith(("http://", "https://")):
+        return f"an image URL ({url}) that the emulator does not fetch"
+    img = decode_image(url)
+    if img is None:
+        return "an image that could not be decoded"
+    mean = tuple(int(v) for v in ImageStat.Stat(img.convert("RGB")).mean)
+    name = min(_COLOURS, key=lambda c: math.dist(_COLOURS[c], mean))
+    return (
+        f"a {img.width}x{img.height} {img.format} image, mostly {name} "
+        f"(mean colour #{mean[0]:02x}{mean[1]:02x}{mean[2]:02x})"
+    )
+
+
+def _prompt_tokens(received: Received) -> int:
+    chars = sum(len(m.get("text", "")) for m in received.messages)
+    return max(1, math.ceil(chars / 4)) + IMAGE_TOKENS * len(received.images)

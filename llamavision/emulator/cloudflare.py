@@ -1,0 +1,247 @@
+"""The emulator's Cloudflare Workers AI route: ``/ai/run/``, as PROVIDERS.md describes it."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from llamavision.emulator.app import (
+    Answer,
+    EmulatorError,
+    Received,
+    Response,
+)
+from llamavision.providers import workers_ai
+
+if TYPE_CHECKING:
+    from llamavision.emulator.app import Emulator
+
+NAME = "cloudflare"
+ROUTE = re.compile(r"^/client/v4/accounts/([^/]+)/ai/run/(.+)$")
+ROLES = {"system", "user", "assistant", "tool"}
+LICENSE_MESSAGE = (
+    "Prior to using this model, you must submit the prompt 'agree' to agree to the Meta "
+    "Llama 3.2 Community License and Acceptable Use Policy."
+)
+THANKS = (
+    "Thank you for agreeing to the Meta Llama 3.2 Community License. You may now use the model."
+)
+_ids = itertools.count(1)
+_CODES = {
+    400: 5006,
+    401: 10000,
+    403: 10000,
+    404: 5007,
+    405: 7001,
+    429: 3036,
+    500: 3043,
+    502: 3040,
+    503: 3040,
+    504: 3046,
+}
+
+
+def matches(path: str) -> bool:
+    """Return whether this route serves ``path``."""
+    return ROUTE.match(path) is not None
+
+
+def error_response(error: EmulatorError) -> Response:
+    """Render an error in Cloudflare's ``{"success": false, "errors": [...]}`` envelope."""
+    return Response(
+        error.status,
+        {
+            "result": None,
+            "success": False,
+            "errors": [
+                {"code": error.code or _CODES.get(error.status, 3043), "message": error.message}
+            ],
+            "messages": [],
+        },
+        {"cf-ray": f"emu{next(_ids):08x}-LHR"},
+    )
+
+
+def _bad(message: str) -> EmulatorError:
+    return EmulatorError(400, message, 5006)
+
+
+def _image(value: Any) -> str:
+    if isinstance(value, list):
+        if not all(isinstance(b, int) and 0 <= b < 256 for b in value):
+            raise _bad("'image' must be an array of bytes (0-255) or a base64 string.")
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, str):
+        return value
+    raise _bad("'image' must be an array of bytes (0-255) or a base64 string.")
+
+
+def parse(path: str, headers: dict[str, str], body: Any) -> Received:
+    """Validate a Workers AI request (prompt or messages shape) and return what it asks."""
+    if not isinstance(body, dict):
+        raise _bad("Type mismatch of '/', 'object' not in 'string'")
+    images: list[str] = []
+    seen: list[dict[str, Any]] = []
+    if "messages" in body:
+        messages = body["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise _bad("required properties at '/messages' are 'role, content'")
+        names: dict[str, str] = {}
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                raise _bad(f"Type mismatch of '/messages/{i}/role'")
+            content, text = m.get("content"), ""
+            if isinstance(content, str):
+                text = content
+            elif isinstance(content, list):
+                for j, part in enumerate(content):
+                    if isinstance(part, dict) and part.get("type") == "text":
+                        text += str(part.get("text", ""))
+                    elif isinstance(part, dict) and part.get("type") == "image_url":
+                        url = (part.get("image_url") or {}).get("url", "")
+                        if not isinstance(url, str) or not url.startswith("data:image/"):
+                            raise _bad(
+                                f"'/messages/{i}/content/{j}/image_url/url' must be a "
+                                "data URL: remote image URLs are not fetched."
+                            )
+                        images.append(url)
+                    else:
+                        raise _bad(f"Type mismatch of '/messages/{i}/content/{j}'")
+            else:
+                raise _bad(f"Type mismatch of '/messages/{i}/content'")
+            for call in m.get("tool_calls") or ():
+                names[str(call.get("id"))] = call.get("name", "")
+            name = m.get("name") or names.get(str(m.get("tool_call_id")))
+            seen.append({"role": m["role"], "text": text, "name": name})
+    elif isinstance(body.get("prompt"), str):
+        seen.append({"role": "user", "text": body["prompt"]})
+    else:
+        raise _bad("required properties at '/' are 'prompt' | 'messages'")
+    if "image" in body:
+        images.append(_image(body["image"]))
+    if len(images) > 1:
+        raise _bad("This model accepts one image per request.")
+    temperature = body.get("temperature")
+    if temperature is not None and not 0 <= temperature <= 5:
+        raise _bad("'/temperature' must be between 0 and 5")
+    top_k = body.get("top_k")
+    if top_k is not None and not 1 <= top_k <= 50:
+        raise _bad("'/top_k' must be between 1 and 50")
+    tools = []
+    for t in body.get("tools") or ():
+        fn = t.get("function") if isinstance(t, dict) and "function" in t else t
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise _bad("'/tools' items need a name, description and parameters")
+        tools.append(fn)
+    return Received(
+        provider=NAME,
+        path=path,
+        body=body,
+        messages=seen,
+        images=images,
+        tools=tools,
+        response_format=body.get("response_format"),
+        max_tokens=body.get("max_tokens"),
+        stream=bool(body.get("stream")),
+        headers=headers,
+    )
+
+
+def handle(emulator: Emulator, path: str, headers: dict[str, str], raw: bytes) -> Response:
+    """Serve one ``/ai/run/`` request, with the license gate."""
+    account, model = ROUTE.match(path).groups()  # type: ignore[union-attr]
+    if not emulator.check_key(NAME, headers):
+        raise EmulatorError(401, "Authentication error", 10000)
+    if model != workers_ai.DEFAULT_MODEL:
+        raise EmulatorError(400, f"No such model {model}", 5007)
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise _bad(f"Invalid JSON body: {exc}") from exc
+    ray = {"cf-ray": f"emu{next(_ids):08x}-LHR"}
+    if isinstance(body, dict) and body.get("prompt") == "agree" and "messages" not in body:
+        emulator.agreed_accounts.add(account)
+        return Response(body=_envelope({"response": THANKS}), headers=ray)
+    if emulator.license_gate and account not in emulator.agreed_accounts:
+        raise EmulatorError(403, LICENSE_MESSAGE, workers_ai.LICENSE_ERROR_CODE)
+    received = parse(path, headers, body)
+    emulator.record(received)
+    answer = emulator.answer(received)
+    if not received.stream:
+        return Response(body=_envelope(_result(answer)), headers=ray, answered=True)
+    shape = emulator.cloudflare_stream_shape
+    events = _choices_stream(answer) if shape == "choices" else _response_stream(answer)
+    return Response(events=events, headers=ray, answered=True)
+
+
+def _envelope(result: dict[str, Any]) -> dict[str, Any]:
+    return {"result": result, "success": True, "errors": [], "messages": []}
+
+
+def _usage(answer: Answer) -> dict[str, Any]:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+
+
+def _result(answer: Answer) -> dict[str, Any]:
+    return {
+        "response": answer.text,
+        "tool_calls": [{"name": n, "arguments": a} for n, a in answer.tool_calls],
+        "usage": _usage(answer),
+    }
+
+
+def _padding(i: int) -> str:
+    return "abcdefghijklmnopqrstuvwxyz0123456789"[: 6 + i % 24]
+
+
+def _response_stream(answer: Answer) -> list[str]:
+    """Render the shape seen in the wild: ``response`` pieces with ``p`` padding, then usage."""
+    events = [
+        json.dumps({"response": piece, **({"tool_calls": []} if i == 0 else {}), "p": _padding(i)})
+        for i, piece in enumerate(answer.pieces())
+    ]
+    if answer.tool_calls:
+        events.append(
+            json.dumps(
+                {
+                    "response": "",
+                    "tool_calls": [{"name": n, "arguments": a} for n, a in answer.tool_calls],
+                    "p": _padding(3),
+                }
+            )
+        )
+    events.append(json.dumps({"tool_calls": [], "p": _padding(len(events))}))
+    events.append(json.dumps({"response": "", "usage": _usage(answer)}))
+    events.append("[DONE]")
+    return events
+
+
+def _choices_stream(answer: Answer) -> list[str]:
+    """Render newer models' shape: OpenAI-style chunks, incremental usage, then the total."""
+    events = [
+        json.dumps(
+            {
+                "id": "chatcmpl-cf",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": workers_ai.DEFAULT_MODEL,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                "usage": {
+                    "prompt_tokens": answer.prompt_tokens,
+                    "completion_tokens": 1,
+                    "total_tokens": answer.prompt_tokens + 1,
+                },
+            }
+        )
+        for piece in answer.pieces()
+    ]
+    events.append(json.dumps({"response": "", "usage": _usage(answer)}))
+    events.append("[DONE]")
+    return events
