@@ -492,10 +492,19 @@ def describe_image(url: str) -> str:
     img = decode_image(url)
     if img is None:
         return "an image that could not be decoded"
-    mean = tuple(int(v) for v in ImageStat.Stat(img.convert("RGB")).mean)
-    name = min(_COLOURS, key=lambda c: math.dist(_COLOURS[c], mean))
+    rgb = img.convert("RGB")
+    mean = tuple(int(v) for v in ImageStat.Stat(rgb).mean)
+    small = rgb.resize((24, 24))
+    counts: dict[str, int] = {}
+    for y in range(24):
+        for x in range(24):
+            pixel = small.getpixel((x, y))
+            name = min(_COLOURS, key=lambda c: math.dist(_COLOURS[c], pixel))  # type: ignore[arg-type]
+            counts[name] = counts.get(name, 0) + 1
+    ranked = sorted(counts, key=lambda c: -counts[c])
+    main = [c for c in ranked if counts[c] >= 0.15 * 576][:3] or ranked[:1]
     return (
-        f"a {img.width}x{img.height} {img.format} image, mostly {name} "
+        f"a {img.width}x{img.height} {img.format} image, mostly {' and '.join(main)} "
         f"(mean colour #{mean[0]:02x}{mean[1]:02x}{mean[2]:02x})"
     )
 

@@ -1,0 +1,196 @@
+"""The ``llamavision`` command line, against the emulator (in-process and as a subprocess)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image as PILImage
+
+from llamavision.captions import load_captions
+from llamavision.cli import main
+from llamavision.emulator import Emulator, Fault, Reply
+
+SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    shutil.copytree(SAMPLES, images)
+    return images
+
+
+def test_ask_streams_the_answer_from_the_configured_provider(emulator: Emulator) -> None:
+    code, out, err = run("ask", str(SAMPLES / "red-square.png"), "What shape is this?")
+    assert code == 0
+    assert "640x480 PNG image, mostly white and red" in out and "What shape is this?" in out
+    assert "[aigateway ·" in err and "tokens" in err and "bundled emulator" not in err
+
+
+def test_ask_json_has_usage_and_cost(emulator: Emulator) -> None:
+    code, out, _ = run(
+        "ask",
+        str(SAMPLES / "sunset.jpg"),
+        "Describe",
+        "--json",
+        "--provider",
+        "cloudflare",
+        "--accept-license",
+    )
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["provider"] == "cloudflare" and payload["usage"]["total_tokens"] > 0
+    assert payload["cost_usd"] > 0 and "900x600 JPEG" in payload["text"]
+
+
+def test_ask_without_credentials_uses_the_bundled_emulator_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("AIGATEWAY_API_KEY", "AIGATEWAY_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    code, out, err = run("ask", str(SAMPLES / "red-square.png"), "What is it?")
+    assert code == 0 and "synthetic answer" in out
+    assert "bundled emulator" in err and "answers are synthetic" in err
+    assert "Set AIGATEWAY_API_KEY" in err
+
+
+def test_errors_are_reported_with_what_to_do(emulator: Emulator) -> None:
+    code, _, err = run("ask", str(SAMPLES / "red-square.png"), "hi", "--provider", "cloudflare")
+    assert code == 1 and "--accept-license" in err
+    code, _, err = run("ask", "missing.png", "hi")
+    assert code == 1 and "Cannot read image file" in err
+
+
+def test_caption_writes_jsonl_ready_for_rag_and_skips_bad_images(
+    emulator: Emulator, folder: Path, tmp_path: Path
+) -> None:
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "captions.jsonl"
+    code, _, err = run("caption", str(folder), "--out", str(out), "--concurrency", "3")
+    assert code == 0
+    records = load_captions(out)
+    assert sorted(Path(r["image_path"]).name for r in records) == [
+        "blue-circle.jpg",
+        "green-triangle.webp",
+        "red-square.png",
+        "sunset.jpg",
+    ]
+    for record in records:
+        assert record["caption"] and len(record["sha256"]) == 64 and record["cost_usd"] > 0
+    assert "4 captioned" in err and "1 failed" in err and "broken.jpg" in err
+    assert "cannot be decoded" in err
+
+    code, _, err = run("caption", str(folder), "--out", str(out))
+    assert "0 captioned, 4 already done" in err
+    assert len(load_captions(out)) == 4
+
+
+def test_caption_rides_out_rate_limits(emulator: Emulator, folder: Path, tmp_path: Path) -> None:
+    emulator.fail(*[Fault("status", status=429, retry_after="0")] * 3)
+    out = tmp_path / "c.jsonl"
+    code, _, err = run("caption", str(folder), "--out", str(out), "--concurrency", "4")
+    assert code == 0 and "4 captioned" in err and "0 failed" in err
+
+
+def test_caption_glob(emulator: Emulator, tmp_path: Path) -> None:
+    out = tmp_path / "c.jsonl"
+    code, _, err = run("caption", str(SAMPLES / "*.jpg"), "--out", str(out))
+    assert code == 0 and "2 captioned" in err
+
+
+def test_interrupted_caption_resumes_without_redoing_or_losing_work(
+    emulator: Emulator, folder: Path, tmp_path: Path
+) -> None:
+    for i in range(6):
+        PILImage.new("RGB", (50, 50), (i * 40, 0, 0)).save(folder / f"extra-{i}.png")
+    total = len(list(folder.iterdir()))
+    emulator.fail(*[Fault("delay", seconds=0.4)] * total)
+    out = tmp_path / "captions.jsonl"
+    command = [
+        sys.executable,
+        "-m",
+        "llamavision.cli",
+        "caption",
+        str(folder),
+        "--out",
+        str(out),
+        "--concurrency",
+        "1",
+    ]
+    proc = subprocess.Popen(command, env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while len(load_captions(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Run the same command again" in err
+    first = load_captions(out)
+    assert 2 <= len(first) < total
+
+    emulator.reset()
+    code, _, err = run("caption", str(folder), "--out", str(out))
+    assert code == 0
+    final = load_captions(out)
+    assert len(final) == total
+    assert len({r["sha256"] for r in final}) == total  # nothing captioned twice
+    assert len(emulator.requests) == total - len(first)  # nothing redone
+    assert f"{len(first)} already done" in err
+
+
+def test_emulator_command_serves_both_providers(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamavision.cli", "emulator", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                reply = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    headers={"Authorization": "Bearer emulator-key"},
+                    json={
+                        "model": "meta/llama-3.2-11b-vision-instruct",
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },
+                )
+                break
+            except httpx.ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert reply.status_code == 200
+        assert "synthetic" in reply.json()["choices"][0]["message"]["content"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_scripted_reply_reaches_the_terminal(emulator: Emulator) -> None:
+    emulator.script(Reply(text="A red square on white."))
+    code, out, _ = run("ask", str(SAMPLES / "red-square.png"), "What is it?")
+    assert code == 0 and out.strip() == "A red square on white."
