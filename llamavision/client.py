@@ -434,7 +434,7 @@ class LlamaVisionClient:
         if delay is None and (not error.retryable or is_last):
             raise error
         if delay is not None:
-            logger.warning(
+            logger.info(
                 "%s failed (%s); retry %d/%d in %.2fs",
                 ep.provider,
                 type(error).__name__,
@@ -443,7 +443,7 @@ class LlamaVisionClient:
                 delay,
             )
         else:
-            logger.warning("%s failed (%s); failing over", ep.provider, type(error).__name__)
+            logger.info("%s failed (%s); failing over", ep.provider, type(error).__name__)
         return delay
 
     def _retrying(self, once: Callable[[Endpoint], T]) -> T:
