@@ -10,8 +10,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llamavision.errors import MalformedResponseError
-
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
@@ -55,6 +53,16 @@ class ToolResult:
     tool_call_id: str
     content: str
     name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidToolCall:
+    """A tool call whose arguments could not be decoded; ``arguments`` is the raw text."""
+
+    id: str
+    name: str
+    arguments: str
+    error: str
 
 
 Part = Text | Image | ToolCall | ToolResult
@@ -187,10 +195,12 @@ class ChatResult:
     """A complete answer.
 
     ``cost`` is in USD, computed from the client's price table; ``raw`` is the provider's reply.
+    ``invalid_tool_calls`` holds calls whose arguments were not a JSON object, kept verbatim.
     """
 
     text: str
     tool_calls: list[ToolCall] = field(default_factory=list)
+    invalid_tool_calls: list[InvalidToolCall] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     cost: float | None = None
@@ -236,26 +246,37 @@ class StreamDelta:
     request_id: str | None = None
 
 
-def parse_arguments(raw: str, provider: str | None = None) -> dict[str, Any]:
-    """Decode tool-call arguments, which must be a JSON object (an empty string means ``{}``).
+def make_tool_call(
+    call_id: str, name: str, arguments: str | Mapping[str, Any] | None
+) -> ToolCall | InvalidToolCall:
+    """Build a tool call from decoded or JSON-string arguments (empty means ``{}``).
 
-    Raises:
-        MalformedResponseError: the arguments are not valid JSON or not an object.
-
+    Arguments that are not a JSON object give an :class:`InvalidToolCall` that keeps them
+    verbatim with the reason, rather than an exception that would lose the whole answer.
     """
+    if isinstance(arguments, Mapping):
+        return ToolCall(call_id, name, dict(arguments))
+    raw = arguments or ""
     if not raw.strip():
-        return {}
+        return ToolCall(call_id, name, {})
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise MalformedResponseError(
-            f"tool-call arguments are not valid JSON ({exc.msg}): {raw[:300]!r}", provider=provider
-        ) from exc
+        return InvalidToolCall(call_id, name, raw, f"arguments are not valid JSON: {exc.msg}")
     if not isinstance(value, dict):
-        raise MalformedResponseError(
-            f"tool-call arguments are not a JSON object: {raw[:300]!r}", provider=provider
-        )
-    return value
+        return InvalidToolCall(call_id, name, raw, "arguments are not a JSON object")
+    return ToolCall(call_id, name, value)
+
+
+def split_tool_calls(
+    calls: Iterable[ToolCall | InvalidToolCall],
+) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    """Separate valid tool calls from invalid ones, keeping their order."""
+    valid: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    for call in calls:
+        (valid if isinstance(call, ToolCall) else invalid).append(call)  # type: ignore[arg-type]
+    return valid, invalid
 
 
 class StreamAccumulator:
@@ -313,18 +334,17 @@ class StreamAccumulator:
     def result(self) -> ChatResult:
         """Return everything received so far as a :class:`ChatResult`.
 
-        Raises:
-            MalformedResponseError: a tool call's arguments did not assemble into a JSON object.
-
+        Tool calls whose arguments did not assemble into a JSON object are returned in
+        ``invalid_tool_calls``.
         """
-        calls = []
-        for index in sorted(self._calls):
-            call_id, name, fragments = self._calls[index]
-            arguments = parse_arguments("".join(fragments), self.provider)
-            calls.append(ToolCall(call_id or f"call_{index}", name or "", arguments))
+        calls, invalid = split_tool_calls(
+            make_tool_call(call_id or f"call_{index}", name or "", "".join(fragments))
+            for index, (call_id, name, fragments) in sorted(self._calls.items())
+        )
         return ChatResult(
             text=self.text,
             tool_calls=calls,
+            invalid_tool_calls=invalid,
             finish_reason=self.finish_reason,
             usage=self.usage,
             cost=self.cost,

@@ -25,11 +25,11 @@ from llamavision.messages import (
     Price,
     StreamDelta,
     Text,
-    ToolCall,
     ToolCallChunk,
     ToolResult,
     Usage,
-    parse_arguments,
+    make_tool_call,
+    split_tool_calls,
 )
 from llamavision.providers._common import clip, drop_unsupported, load_event
 
@@ -151,10 +151,10 @@ def parse_result(body: Any) -> ChatResult:
         choice = body["choices"][0]
         message = choice["message"]
         text = message.get("content") or ""
-        calls = [
-            ToolCall(c["id"], c["function"]["name"], _arguments(c["function"]["arguments"]))
+        calls, invalid = split_tool_calls(
+            make_tool_call(c["id"], c["function"]["name"], c["function"]["arguments"])
             for c in message.get("tool_calls") or ()
-        ]
+        )
     except (KeyError, IndexError, TypeError) as exc:
         raise MalformedResponseError(
             f"{NAME} reply is not a chat completion (missing {exc}): {clip(body)}",
@@ -163,6 +163,7 @@ def parse_result(body: Any) -> ChatResult:
     return ChatResult(
         text=text if isinstance(text, str) else json.dumps(text),
         tool_calls=calls,
+        invalid_tool_calls=invalid,
         finish_reason=_FINISH.get(choice.get("finish_reason") or ""),
         usage=parse_usage(body.get("usage")),
         provider=NAME,
@@ -170,12 +171,6 @@ def parse_result(body: Any) -> ChatResult:
         request_id=body.get("id"),
         raw=body,
     )
-
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, Mapping):
-        return dict(raw)
-    return parse_arguments(raw or "", NAME)
 
 
 def parse_usage(usage: Any) -> Usage | None:

@@ -27,6 +27,7 @@ from llamavision.messages import (
     ChatResult,
     FinishReason,
     Image,
+    InvalidToolCall,
     Message,
     Price,
     StreamDelta,
@@ -35,7 +36,8 @@ from llamavision.messages import (
     ToolCallChunk,
     ToolResult,
     Usage,
-    parse_arguments,
+    make_tool_call,
+    split_tool_calls,
 )
 from llamavision.providers import openai_compat
 from llamavision.providers._common import clip, drop_unsupported, load_event
@@ -159,16 +161,13 @@ def mint_tool_call_id(index: int, name: str, arguments: Any) -> str:
     return f"call_{index}_{digest[:12]}"
 
 
-def _tool_call(index: int, raw: Any) -> ToolCall:
+def _tool_call(index: int, raw: Any) -> ToolCall | InvalidToolCall:
     if isinstance(raw, Mapping) and "function" in raw:  # OpenAI-shaped, seen on newer models
         raw = {"id": raw.get("id"), **raw["function"]}
     name = raw["name"]
     arguments = raw.get("arguments") or {}
-    if not isinstance(arguments, Mapping):
-        arguments = parse_arguments(str(arguments), NAME)
-    return ToolCall(
-        raw.get("id") or mint_tool_call_id(index, name, arguments), name, dict(arguments)
-    )
+    call_id = raw.get("id") or mint_tool_call_id(index, name, arguments)
+    return make_tool_call(call_id, name, arguments)
 
 
 def parse_result(body: Any) -> ChatResult:
@@ -188,7 +187,9 @@ def parse_result(body: Any) -> ChatResult:
         parsed.provider, parsed.raw = NAME, body
         return parsed
     try:
-        calls = [_tool_call(i, c) for i, c in enumerate(result.get("tool_calls") or ())]
+        calls, invalid = split_tool_calls(
+            _tool_call(i, c) for i, c in enumerate(result.get("tool_calls") or ())
+        )
     except (KeyError, TypeError) as exc:
         raise MalformedResponseError(
             f"{NAME} tool call is malformed (missing {exc}): {clip(result)}",
@@ -197,10 +198,11 @@ def parse_result(body: Any) -> ChatResult:
     text = result.get("response")
     if text is not None and not isinstance(text, str):
         text = json.dumps(text)
-    finish: FinishReason = "tool_calls" if calls else "stop"
+    finish: FinishReason = "tool_calls" if calls or invalid else "stop"
     return ChatResult(
         text=text or "",
         tool_calls=calls,
+        invalid_tool_calls=invalid,
         finish_reason=finish,
         usage=openai_compat.parse_usage(result.get("usage")),
         provider=NAME,
@@ -262,7 +264,10 @@ class StreamParser:
         try:
             for raw in raw_calls:
                 call = _tool_call(self._calls, raw)
-                chunks.append(ToolCallChunk(self._calls, call.id, call.name, call.arguments_json()))
+                arguments = (
+                    call.arguments if isinstance(call, InvalidToolCall) else call.arguments_json()
+                )
+                chunks.append(ToolCallChunk(self._calls, call.id, call.name, arguments))
                 self._calls += 1
         except (KeyError, TypeError) as exc:
             raise MalformedResponseError(

@@ -467,3 +467,39 @@ def test_cloudflare_auth_and_capacity_errors() -> None:
 def test_image_parts_must_be_resolved_first() -> None:
     with pytest.raises(TypeError, match="resolved"):
         oa.build_payload(ChatRequest((Message("user", (Image("cat.png"),)),), "m"))
+
+
+def test_unparsable_tool_arguments_are_kept_as_invalid_calls() -> None:
+    body = {
+        "id": "c",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "a",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"x": 1'},
+                        },
+                        {"id": "b", "type": "function", "function": {"name": "g", "arguments": ""}},
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+    }
+    result = oa.parse_result(body)
+    assert result.tool_calls == [ToolCall("b", "g", {})]
+    (bad,) = result.invalid_tool_calls
+    assert (bad.id, bad.name, bad.arguments) == ("a", "f", '{"x": 1')
+    assert "not valid JSON" in bad.error
+    acc = sse(
+        oa.StreamParser(),
+        '{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"a","type":"function",'
+        '"function":{"name":"f","arguments":"[1, 2]"}}]}}]}',
+        "[DONE]",
+    )
+    assert acc.result().invalid_tool_calls[0].error == "arguments are not a JSON object"
