@@ -110,6 +110,35 @@ ImageSource = (
 )
 
 
+def image_source(
+    *,
+    url: str | None = None,
+    base64_data: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    data: bytes | None = None,
+) -> ImageSource:
+    """Pick the image source out of a framework's image block fields (first one set wins).
+
+    Raises:
+        ImageError: no field is set, or ``base64_data`` is not valid base64.
+
+    """
+    if data:
+        return data
+    if base64_data:
+        if base64_data.startswith("data:"):
+            return base64_data
+        try:
+            return base64.b64decode(base64_data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageError(f"Image block holds invalid base64: {exc}.") from exc
+    if url:
+        return url
+    if path:
+        return Path(path)
+    raise ImageError("Image block has no url, base64 data, path or bytes: give one of them.")
+
+
 def sniff_mime(data: bytes) -> str | None:
     """Return the MIME type of supported image bytes, or ``None``."""
     for magic, offset, mime in _MAGIC:

@@ -6,7 +6,7 @@ Plain slotted dataclasses: cheap to build per token, no validation on the hot pa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,9 +127,42 @@ class Tool:
         default_factory=lambda: {"type": "object", "properties": {}}
     )
 
+    @classmethod
+    def from_openai(cls, spec: Mapping[str, Any]) -> Tool:
+        """Build a tool from an OpenAI-style definition, as the frameworks' converters give.
+
+        Accepts ``{"type": "function", "function": {...}}`` or the bare function object.
+        """
+        fn = spec.get("function", spec)
+        return cls(
+            name=fn["name"],
+            description=fn.get("description") or "",
+            parameters=fn.get("parameters") or {"type": "object", "properties": {}},
+        )
+
 
 ToolChoice = Literal["auto", "none", "required"] | str
 """``"auto"``, ``"none"``, ``"required"``, or the name of the one tool that must be called."""
+
+
+def normalize_tool_choice(choice: Any, tools: Sequence[Tool]) -> ToolChoice | None:
+    """Map the frameworks' tool-choice spellings onto ours.
+
+    ``"any"`` and ``True`` mean "call a tool" (with one tool, that tool); a dict names a tool
+    the OpenAI way; a plain string is ``"auto"``, ``"none"``, ``"required"`` or a tool name.
+    """
+    if choice is None or choice is False:
+        return None
+    if choice is True or choice == "any":
+        return tools[0].name if len(tools) == 1 else "required"
+    if isinstance(choice, Mapping):
+        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        if not name:
+            raise ValueError(f"Unrecognised tool_choice {dict(choice)!r}.")
+        return str(name)
+    if isinstance(choice, str):
+        return choice
+    raise ValueError(f"Unrecognised tool_choice {choice!r}.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +241,16 @@ class ChatResult:
     model: str | None = None
     request_id: str | None = None
     raw: Any = None
+
+    def metadata(self) -> dict[str, Any]:
+        """Return the response metadata: provider, model, finish reason, request id, cost."""
+        return {
+            "provider": self.provider,
+            "model_name": self.model,
+            "finish_reason": self.finish_reason,
+            "request_id": self.request_id,
+            "cost": self.cost,
+        }
 
     def to_message(self) -> Message:
         """Return this answer as an assistant message, ready to append to the conversation."""

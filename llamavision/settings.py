@@ -1,0 +1,95 @@
+"""Options shared by the LangChain and LlamaIndex classes, declared once.
+
+Both frameworks' model classes are pydantic models, so they inherit these fields and use
+:meth:`LlamaVisionSettings.build_client` and :meth:`LlamaVisionSettings.generation_params`
+instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from llamavision.client import LlamaVisionClient
+from llamavision.messages import GenerationParams
+
+_PARAM_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationParams))
+
+
+class LlamaVisionSettings(BaseModel):
+    """Provider, credentials, transport and sampling options of a llamavision model."""
+
+    provider: Literal["aigateway", "cloudflare"] = "aigateway"
+    """``"aigateway"`` (OpenAI-compatible) or ``"cloudflare"`` (Workers AI native route)."""
+    api_key: SecretStr | None = None
+    """Defaults to ``AIGATEWAY_API_KEY`` or ``CLOUDFLARE_API_TOKEN``."""
+    account_id: str | None = None
+    """Cloudflare account id; defaults to ``CLOUDFLARE_ACCOUNT_ID``."""
+    base_url: str | None = None
+    """Override the endpoint (any OpenAI-compatible server, or a Cloudflare AI Gateway URL)."""
+    timeout: float | None = None
+    """Seconds per request (default 60)."""
+    max_retries: int = 2
+    """Retries of 429, 5xx and connection errors, with backoff and ``Retry-After``."""
+    fallback_providers: list[str] = Field(default_factory=list)
+    """Providers to fail over to when one fails with a retryable error."""
+    accept_license: bool = False
+    """On Cloudflare, accept Meta's Llama 3.2 license once if the account has not."""
+    multi_image: Literal["error", "latest", "grid"] = "error"
+    """Several images in one conversation: refuse, keep the latest, or compose a grid."""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] | None = None
+    http_client: Any = Field(default=None, exclude=True)
+    """An ``httpx.Client`` to use for sync calls."""
+    http_async_client: Any = Field(default=None, exclude=True)
+    """An ``httpx.AsyncClient`` to use for async calls."""
+
+    def build_client(self, model: str | None) -> LlamaVisionClient:
+        """Create the core client these settings describe.
+
+        Raises:
+            ConfigurationError: a credential or account id is missing.
+
+        """
+        return LlamaVisionClient(
+            self.provider,
+            api_key=self.api_key,
+            account_id=self.account_id,
+            base_url=self.base_url,
+            model=model,
+            timeout=60.0 if self.timeout is None else self.timeout,
+            max_retries=self.max_retries,
+            fallback_providers=self.fallback_providers,
+            accept_license=self.accept_license,
+            multi_image=self.multi_image,
+            http_client=self.http_client,
+            http_async_client=self.http_async_client,
+        )
+
+    def generation_params(self, **overrides: Any) -> GenerationParams:
+        """Return the sampling parameters, with per-call overrides.
+
+        Overrides named like a :class:`GenerationParams` field replace it; any other
+        (non-``None``) keyword is sent to the provider as is, through ``extra``.
+        """
+        values: dict[str, Any] = {
+            name: getattr(self, name) for name in _PARAM_FIELDS if name in type(self).model_fields
+        }
+        extra = dict(overrides.pop("extra", None) or {})
+        for key, value in overrides.items():
+            if key in _PARAM_FIELDS:
+                values[key] = value
+            elif value is not None:
+                extra[key] = value
+        if values.get("stop") == []:
+            values["stop"] = None
+        return GenerationParams(**values, extra=extra)
