@@ -72,6 +72,8 @@ def to_core_message(message: BaseMessage) -> core.Message:
             parts.append(core.Image(_image(block)))
         elif kind == "non_standard" and isinstance(block["value"].get("image_url"), str):
             parts.append(core.Image(block["value"]["image_url"]))
+        elif kind == "non_standard" and isinstance(message, AIMessage):
+            continue  # provider-specific history (e.g. tool_use blocks); calls are in tool_calls
         elif kind in ("tool_call", "reasoning", "invalid_tool_call", "tool_call_chunk"):
             continue
         else:
@@ -224,7 +226,7 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider=PROVIDER_TAG,
-            ls_model_name=str(self.model_name),
+            ls_model_name=str(kwargs.get("model") or self.model_name),
             ls_model_type="chat",
         )
         temperature = kwargs.get("temperature", self.temperature)
@@ -337,6 +339,7 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
         *,
         method: Literal["function_calling", "json_mode", "json_schema"] = "function_calling",
         include_raw: bool = False,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
         """Return a runnable whose output follows ``schema``.
@@ -348,6 +351,7 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
                 (schema-constrained output). Workers AI has no JSON mode, so on
                 ``provider="cloudflare"`` both JSON methods use function calling.
             include_raw: also return the raw message and any parsing error.
+            strict: with ``"json_schema"``, ask the provider to follow the schema strictly.
             **kwargs: unsupported; raises if given.
 
         """
@@ -378,6 +382,8 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
                     "name": json_schema.get("title", "output"),
                     "schema": json_schema,
                 }
+                if strict is not None:
+                    response_format["strict"] = strict
             llm = self.bind(response_format=response_format, ls_structured_output_format=fmt)
             parser = (
                 PydanticOutputParser(pydantic_object=target) if is_pydantic else JsonOutputParser()

@@ -56,11 +56,14 @@ class LlamaVisionSettings(BaseModel):
     def build_client(self, model: str | None) -> LlamaVisionClient:
         """Create the core client these settings describe.
 
+        ``api_key`` is then set to the credential in use (read from the environment if it
+        was not given).
+
         Raises:
             ConfigurationError: a credential or account id is missing.
 
         """
-        return LlamaVisionClient(
+        client = LlamaVisionClient(
             self.provider,
             api_key=self.api_key,
             account_id=self.account_id,
@@ -74,6 +77,8 @@ class LlamaVisionSettings(BaseModel):
             http_client=self.http_client,
             http_async_client=self.http_async_client,
         )
+        self.api_key = client.endpoints[0].api_key
+        return client
 
     def generation_params(self, **overrides: Any) -> GenerationParams:
         """Return the sampling parameters, with per-call overrides.

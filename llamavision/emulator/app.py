@@ -426,17 +426,33 @@ def _last_assistant(messages: list[dict[str, Any]]) -> int:
     return -1
 
 
+def _name_words(name: str) -> set[str]:
+    """Words of a tool name: ``get_weather`` -> {weather}, ``JokeTypedDict`` -> {joke, typed}."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name).replace("_", " ").replace("-", " ")
+    return {w for w in spaced.lower().split() if len(w) > 3} - {"dict", "tool", "function"}
+
+
+def _mentioned(tool: Mapping[str, Any], text: str) -> bool:
+    words = set(re.findall(r"[a-z0-9]+", text.lower()))
+    return tool["name"].lower() in text.lower() or bool(_name_words(tool["name"]) & words)
+
+
 def _tool_to_call(received: Received, text: str) -> dict[str, Any] | None:
-    """Pick the tool to call: forced by tool_choice, or named in the last user message."""
+    """Pick the tool to call, if any.
+
+    The tool that ``tool_choice`` forces; else (for ``auto``) the first tool whose name, or a
+    word of it, the last user message mentions.
+    """
     tools, choice = received.tools, received.tool_choice
     if not tools or choice == "none":
         return None
     if isinstance(choice, Mapping):
         name = (choice.get("function") or {}).get("name")
         return next((t for t in tools if t["name"] == name), None)
+    mentioned = next((t for t in tools if _mentioned(t, text)), None)
     if choice == "required":
-        return next((t for t in tools if t["name"].lower() in text.lower()), tools[0])
-    return next((t for t in tools if t["name"].lower() in text.lower()), None)
+        return mentioned or tools[0]
+    return mentioned
 
 
 def example_for(schema: Mapping[str, Any], defs: Mapping[str, Any] | None = None) -> Any:
