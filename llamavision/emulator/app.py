@@ -192,6 +192,7 @@ class Emulator:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._inflight = 0
+        self._hosted: dict[str, tuple[bytes, str]] = {}
         self._routes: tuple[Route, ...] = (aigateway, cloudflare)
 
     # ------------------------------------------------------------------ scripting API
@@ -205,6 +206,15 @@ class Emulator:
         """Queue faults, each spent by the next matching request."""
         with self._lock:
             self._faults.extend(faults)
+
+    def host_image(self, name: str, data: bytes, content_type: str = "image/png") -> str:
+        """Serve ``data`` at ``GET /images/{name}`` (a stand-in for an image on the web).
+
+        Returns the path; prefix it with the server's URL.
+        """
+        with self._lock:
+            self._hosted[name] = (data, content_type)
+        return f"/images/{name}"
 
     def reset(self, drain_timeout: float = 5.0) -> None:
         """Forget queued replies and faults, received requests and license acceptances.
@@ -220,6 +230,7 @@ class Emulator:
             self._faults.clear()
             self.requests.clear()
             self.agreed_accounts.clear()
+            self._hosted.clear()
 
     def _take(self, queue: list[Any], provider: str) -> Any:
         with self._lock:
@@ -295,6 +306,11 @@ class Emulator:
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> Response:
         """Route one request to its provider and build the reply."""
+        if method == "GET" and path.startswith("/images/"):
+            hosted = self._hosted.get(path.removeprefix("/images/"))
+            if hosted is None:
+                return Response(404, {"error": "no such image"})
+            return Response(raw=hosted[0], headers={"content-type": hosted[1]})
         for route in self._routes:
             if route.matches(path):
                 break
@@ -357,14 +373,12 @@ def apply_fault(response: Response, fault: Fault) -> None:
 async def _send(response: Response, send: ASGISend) -> None:
     if response.events is None:
         body = response.raw if response.raw is not None else json.dumps(response.body).encode()
+        headers = {"content-type": "application/json", **response.headers}
         await send(
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    *((k.encode(), v.encode()) for k, v in response.headers.items()),
-                ],
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
             }
         )
         await send({"type": "http.response.body", "body": body})
