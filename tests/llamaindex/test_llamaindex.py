@@ -1,0 +1,434 @@
+"""LlamaVision and LlamaVisionMultiModal against the emulator, both providers, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from llama_index.core.base.llms.base import BaseLLM
+from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.multi_modal_llms import MultiModalLLM
+from llama_index.core.schema import ImageDocument
+from llama_index.core.tools import FunctionTool
+from pydantic import BaseModel
+
+from llamaindex_llamavision import LlamaVision, LlamaVisionMultiModal
+from llamavision import ImageError, LicenseAgreementRequiredError, StreamInterruptedError
+from llamavision.emulator import Emulator, EmulatorServer, Fault, Reply
+
+SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+PROVIDERS = ["aigateway", "cloudflare"]
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider(request: pytest.FixtureRequest, emulator: Emulator) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def llm(provider: str) -> LlamaVision:
+    return LlamaVision(provider=provider, accept_license=True, max_retries=1)
+
+
+@pytest.fixture
+def mm(provider: str) -> LlamaVisionMultiModal:
+    return LlamaVisionMultiModal(provider=provider, accept_license=True, max_retries=1)
+
+
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"It is 18C and sunny in {city}."
+
+
+WEATHER = FunctionTool.from_defaults(get_weather)
+
+
+def red_square_message(block: ImageBlock) -> list[ChatMessage]:
+    return [ChatMessage(role="user", blocks=[block, TextBlock(text="What shape is this?")])]
+
+
+# --------------------------------------------------------------------------- base classes
+
+
+def test_class_hierarchy_and_metadata(emulator: Emulator) -> None:
+    names = [b.__name__ for b in LlamaVision.__mro__]
+    assert BaseLLM.__name__ in names and FunctionCallingLLM.__name__ in names
+    assert MultiModalLLM.__name__ in [b.__name__ for b in LlamaVisionMultiModal.__mro__]
+    assert "multi" in LlamaVisionMultiModal.class_name()
+    meta = LlamaVision().metadata
+    assert (meta.context_window, meta.num_output) == (128_000, 4_096)
+    assert meta.is_chat_model and meta.is_function_calling_model
+    assert LlamaVision(provider="cloudflare").metadata.context_window == 131_000
+    mm_meta = LlamaVisionMultiModal(max_tokens=500).metadata
+    assert mm_meta.num_output == 500 and mm_meta.num_input_files == 1
+
+
+def test_key_comes_from_the_environment_and_stays_secret(emulator: Emulator) -> None:
+    llm = LlamaVision()
+    assert llm.api_key is not None and llm.api_key.get_secret_value() == "emulator-key"
+    assert "emulator-key" not in repr(llm) and "emulator-key" not in str(llm.to_dict())
+    assert "emulator-key" not in str(LlamaVisionMultiModal().to_payload())
+
+
+# --------------------------------------------------------------------------- chat and images
+
+
+@pytest.mark.parametrize("form", ["path", "bytes", "base64", "url"])
+def test_image_blocks_of_every_kind(
+    llm: LlamaVision, emulator: Emulator, emulator_server: EmulatorServer, form: str
+) -> None:
+    data = (SAMPLES / "red-square.png").read_bytes()
+    block = {
+        "path": lambda: ImageBlock(path=SAMPLES / "red-square.png"),
+        "bytes": lambda: ImageBlock(image=data),
+        "base64": lambda: ImageBlock(image=base64.b64encode(data), image_mimetype="image/png"),
+        "url": lambda: ImageBlock(url=emulator_server.url + emulator.host_image("red.png", data)),
+    }[form]()
+    response = llm.chat(red_square_message(block))
+    if form == "url" and llm.provider == "aigateway":
+        assert "does not fetch" in response.message.content  # passed through to the provider
+    else:
+        assert "640x480 PNG image, mostly white and red" in response.message.content
+    assert response.additional_kwargs["total_tokens"] > 0 and response.additional_kwargs["cost"]
+
+
+def test_stream_chat_is_cumulative_with_usage_at_the_end(llm: LlamaVision) -> None:
+    responses = list(llm.stream_chat([ChatMessage(role="user", content="Tell me something")]))
+    assert len(responses) > 5
+    assert "".join(r.delta or "" for r in responses) == responses[-1].message.content
+    assert responses[2].message.content.startswith(responses[1].message.content)
+    assert responses[-1].additional_kwargs["finish_reason"] == "stop"
+    assert responses[-1].additional_kwargs["total_tokens"] > 0
+
+
+async def test_async_chat_and_stream(llm: LlamaVision) -> None:
+    response = await llm.achat([ChatMessage(role="user", content="hello")])
+    assert "'hello'" in response.message.content
+    stream = await llm.astream_chat([ChatMessage(role="user", content="hello again")])
+    responses = [r async for r in stream]
+    assert "'hello again'" in responses[-1].message.content
+
+
+def test_completion_forms(llm: LlamaVision) -> None:
+    assert "'Say hi'" in llm.complete("Say hi").text
+    pieces = list(llm.stream_complete("Say hi"))
+    assert "".join(p.delta or "" for p in pieces) == pieces[-1].text
+
+    async def run() -> tuple[str, str]:
+        done = await llm.acomplete("async hi")
+        last = [p async for p in await llm.astream_complete("async stream")][-1]
+        return done.text, last.text
+
+    done, streamed = asyncio.run(run())
+    assert "'async hi'" in done and "'async stream'" in streamed
+
+
+def test_multi_turn_and_system_prompt(llm: LlamaVision, emulator: Emulator) -> None:
+    llm.chat(
+        [
+            ChatMessage(role="system", content="Be terse."),
+            ChatMessage(role="user", content="Hi"),
+            ChatMessage(role="assistant", content="Hello."),
+            ChatMessage(role="user", content="Bye"),
+        ]
+    )
+    assert [m["role"] for m in emulator.requests[-1].messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def test_chat_with_tools_round_trip(llm: LlamaVision) -> None:
+    response = llm.chat_with_tools([WEATHER], "What is the weather in Oslo?")
+    (selection,) = llm.get_tool_calls_from_response(response)
+    assert selection.tool_name == "get_weather" and set(selection.tool_kwargs) == {"city"}
+    result = WEATHER(**selection.tool_kwargs)
+    history = [
+        ChatMessage(role="user", content="What is the weather in Oslo?"),
+        response.message,
+        ChatMessage(
+            role="tool", content=str(result), additional_kwargs={"tool_call_id": selection.tool_id}
+        ),
+    ]
+    final = llm.chat_with_tools([WEATHER], chat_history=history)
+    assert "18C and sunny" in final.message.content
+    assert llm.get_tool_calls_from_response(final, error_on_no_tool_call=False) == []
+    with pytest.raises(ValueError, match="Expected at least one tool call"):
+        llm.get_tool_calls_from_response(final)
+
+
+def test_streamed_and_async_tool_calls(llm: LlamaVision) -> None:
+    *_, last = llm.stream_chat_with_tools([WEATHER], "weather in Lima?")
+    assert llm.get_tool_calls_from_response(last)[0].tool_name == "get_weather"
+
+    async def run() -> list[Any]:
+        response = await llm.achat_with_tools([WEATHER], "weather in Quito?")
+        stream = await llm.astream_chat_with_tools([WEATHER], "weather in Quito?")
+        streamed = [r async for r in stream]
+        return [llm.get_tool_calls_from_response(r)[0] for r in (response, streamed[-1])]
+
+    assert [s.tool_name for s in asyncio.run(run())] == ["get_weather", "get_weather"]
+
+
+def test_parallel_tool_calls_only_when_allowed(llm: LlamaVision, emulator: Emulator) -> None:
+    two = Reply(tool_calls=[("get_weather", {"city": "A"}), ("get_weather", {"city": "B"})])
+    emulator.script(two, two)
+    single = llm.chat_with_tools([WEATHER], "weather?")
+    assert len(llm.get_tool_calls_from_response(single)) == 1
+    both = llm.chat_with_tools([WEATHER], "weather?", allow_parallel_tool_calls=True)
+    assert len(llm.get_tool_calls_from_response(both)) == 2
+
+
+class Colour(BaseModel):
+    """The main colour of an image."""
+
+    name: str
+    confidence: float
+
+
+def test_structured_predict_and_structured_llm(llm: LlamaVision) -> None:
+    from llama_index.core.prompts import PromptTemplate
+
+    colour = llm.structured_predict(
+        Colour, PromptTemplate("Name the colour of {thing}."), thing="a tomato"
+    )
+    assert isinstance(colour, Colour)
+    sllm = llm.as_structured_llm(Colour)
+    response = sllm.chat([ChatMessage(role="user", content="Which colour? Use Colour.")])
+    assert isinstance(response.raw, Colour)
+
+
+def test_function_agent_completes_a_tool_task(llm: LlamaVision) -> None:
+    from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
+
+    agent = FunctionAgent(tools=[WEATHER], llm=llm)
+
+    async def run() -> tuple[str, list[Any]]:
+        handler = agent.run(user_msg="What is the weather in Paris?")
+        events = [e async for e in handler.stream_events()]
+        return str(await handler), events
+
+    answer, events = asyncio.run(run())
+    assert "18C and sunny" in answer
+    results = [e for e in events if isinstance(e, ToolCallResult)]
+    assert results and results[0].tool_name == "get_weather"
+
+
+def test_react_agent_runs(llm: LlamaVision, emulator: Emulator) -> None:
+    from llama_index.core.agent.workflow import ReActAgent
+
+    emulator.script(
+        Reply(
+            text='Thought: I need the weather.\nAction: get_weather\nAction Input: {"city": "Rome"}'
+        ),
+        Reply(text="Thought: I can answer.\nAnswer: It is 18C and sunny in Rome."),
+    )
+    agent = ReActAgent(tools=[WEATHER], llm=llm)
+
+    async def run() -> str:
+        return str(await agent.run(user_msg="What is the weather in Rome?"))
+
+    assert "18C and sunny in Rome" in asyncio.run(run())
+    assert "18C and sunny" in emulator.requests[-1].messages[-1]["text"]  # the observation
+
+
+def test_instrumentation_sees_every_token(llm: LlamaVision) -> None:
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events.llm import (
+        LLMChatEndEvent,
+        LLMChatInProgressEvent,
+        LLMChatStartEvent,
+    )
+
+    seen: list[Any] = []
+
+    class Collect(BaseEventHandler):
+        def handle(self, event: Any, **kwargs: Any) -> None:
+            seen.append(event)
+
+    dispatcher = get_dispatcher()
+    handler = Collect()
+    dispatcher.add_event_handler(handler)
+    try:
+        responses = list(llm.stream_chat([ChatMessage(role="user", content="count")]))
+    finally:
+        dispatcher.event_handlers.remove(handler)
+    kinds = [type(e) for e in seen]
+    assert kinds[0] is LLMChatStartEvent and kinds[-1] is LLMChatEndEvent
+    assert kinds.count(LLMChatInProgressEvent) == len(responses)
+    assert "api_key" not in str(seen[0].model_dict) and "emulator-key" not in str(seen)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_typed_errors_surface_unchanged(emulator: Emulator) -> None:
+    with pytest.raises(LicenseAgreementRequiredError):
+        LlamaVision(provider="cloudflare").chat([ChatMessage(role="user", content="hi")])
+    emulator.fail(Fault("cut", after_events=4))
+    with pytest.raises(StreamInterruptedError):
+        list(LlamaVision().stream_chat([ChatMessage(role="user", content="a long story")]))
+    two = [
+        ChatMessage(
+            role="user",
+            blocks=[
+                ImageBlock(path=SAMPLES / "sunset.jpg"),
+                ImageBlock(path=SAMPLES / "blue-circle.jpg"),
+                TextBlock(text="compare"),
+            ],
+        )
+    ]
+    with pytest.raises(ImageError, match="multi_image"):
+        LlamaVision().chat(two)
+    assert "JPEG image" in LlamaVision(multi_image="grid").chat(two).message.content
+
+
+# --------------------------------------------------------------------------- MultiModalLLM
+
+
+def image_documents() -> dict[str, ImageDocument]:
+    data = (SAMPLES / "sunset.jpg").read_bytes()
+    return {
+        "path": ImageDocument(image_path=str(SAMPLES / "sunset.jpg")),
+        "base64": ImageDocument(image=base64.b64encode(data).decode(), image_mimetype="image/jpeg"),
+    }
+
+
+@pytest.mark.parametrize("form", ["path", "base64"])
+def test_multimodal_complete_with_image_documents(mm: LlamaVisionMultiModal, form: str) -> None:
+    doc = image_documents()[form]
+    assert "900x600 JPEG image" in mm.complete("Describe it.", image_documents=[doc]).text
+    last = list(mm.stream_complete("Describe it.", image_documents=[doc]))[-1]
+    assert "900x600 JPEG image" in last.text and last.additional_kwargs["cost"] > 0
+
+
+def test_multimodal_url_documents(
+    mm: LlamaVisionMultiModal, emulator: Emulator, emulator_server: EmulatorServer
+) -> None:
+    url = emulator_server.url + emulator.host_image(
+        "sunset.jpg", (SAMPLES / "sunset.jpg").read_bytes(), "image/jpeg"
+    )
+    text = mm.complete("What?", image_documents=[ImageDocument(image_url=url)]).text
+    assert ("does not fetch" in text) if mm.provider == "aigateway" else ("900x600" in text)
+
+
+async def test_multimodal_async_and_chat(mm: LlamaVisionMultiModal) -> None:
+    doc = image_documents()["path"]
+    assert "900x600" in (await mm.acomplete("What?", image_documents=[doc])).text
+    pieces = [p async for p in await mm.astream_complete("What?", image_documents=[doc])]
+    assert "900x600" in pieces[-1].text
+    message = ChatMessage(
+        role="user", blocks=[ImageBlock(path=SAMPLES / "red-square.png"), TextBlock(text="What?")]
+    )
+    assert "640x480" in (await mm.achat([message])).message.content
+    assert "640x480" in mm.chat([message]).message.content
+    assert "640x480" in list(mm.stream_chat([message]))[-1].message.content
+    streamed = [r async for r in await mm.astream_chat([message])]
+    assert "640x480" in streamed[-1].message.content
+
+
+class ColourEmbedding:
+    """Builds a deterministic 'colour' embedding model: images by their mean colour, text by
+    the colour words it names. Small and local, so the index needs no downloaded weights.
+    """
+
+    WORDS: ClassVar[dict[str, tuple[float, float, float]]] = {
+        "red": (1.0, 0.1, 0.1),
+        "blue": (0.1, 0.2, 1.0),
+        "orange": (1.0, 0.55, 0.2),
+        "purple": (0.6, 0.2, 0.7),
+        "sunset": (0.8, 0.4, 0.4),
+        "green": (0.1, 1.0, 0.2),
+    }
+
+    @classmethod
+    def build(cls) -> Any:
+        from llama_index.core.embeddings import MultiModalEmbedding
+        from PIL import Image, ImageStat
+
+        words = cls.WORDS
+
+        class _Embedding(MultiModalEmbedding):
+            def _text(self, text: str) -> list[float]:
+                vec = [0.01, 0.01, 0.01]
+                for word, rgb in words.items():
+                    if word in text.lower():
+                        vec = [v + c for v, c in zip(vec, rgb, strict=True)]
+                return vec
+
+            def _get_image_embedding(self, img_file_path: Any) -> list[float]:
+                with Image.open(img_file_path) as img:
+                    mean = ImageStat.Stat(img.convert("RGB")).mean
+                # remove the white/grey part so the dominant hue decides
+                low = min(mean)
+                return [max(0.01, (m - low) / 255) for m in mean]
+
+            async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
+                return self._get_image_embedding(img_file_path)
+
+            def _get_query_embedding(self, query: str) -> list[float]:
+                return self._text(query)
+
+            async def _aget_query_embedding(self, query: str) -> list[float]:
+                return self._text(query)
+
+            def _get_text_embedding(self, text: str) -> list[float]:
+                return self._text(text)
+
+        return _Embedding(model_name="colour")
+
+
+def test_multimodal_query_engine_over_an_image_index(
+    mm: LlamaVisionMultiModal, emulator: Emulator
+) -> None:
+    from llama_index.core.indices import MultiModalVectorStoreIndex
+    from llama_index.core.schema import ImageNode, TextNode
+
+    embed = ColourEmbedding.build()
+    nodes = [
+        ImageNode(image_path=str(SAMPLES / "red-square.png"), text="a red square"),
+        ImageNode(image_path=str(SAMPLES / "blue-circle.jpg"), text="a blue circle"),
+        ImageNode(image_path=str(SAMPLES / "sunset.jpg"), text="an orange sunset"),
+        TextNode(text="Notes: the sunset photo was taken on the coast."),
+    ]
+    index = MultiModalVectorStoreIndex(nodes, embed_model=embed, image_embed_model=embed)
+    engine = index.as_query_engine(llm=mm, similarity_top_k=1, image_similarity_top_k=1)
+    response = engine.query("Which picture shows a blue shape?")
+    assert "800x600 JPEG image, mostly white and blue" in str(response)
+    assert response.metadata is not None and len(response.metadata["image_nodes"]) == 1
+    assert "Which picture shows a blue shape?" in emulator.requests[-1].messages[-1]["text"]
+
+
+def test_llamaindex_live_skips_cleanly_without_credentials() -> None:
+    live = os.environ.get("AIGATEWAY_API_KEY") and not os.environ.get("AIGATEWAY_BASE_URL")
+    if not live:
+        pytest.skip("set AIGATEWAY_API_KEY to run against the real service")
+
+
+def test_current_multimodal_engine_with_the_chat_llm(llm: LlamaVision, emulator: Emulator) -> None:
+    from llama_index.core.indices import MultiModalVectorStoreIndex
+    from llama_index.core.query_engine import RetrieverQueryEngine
+    from llama_index.core.schema import ImageNode
+
+    embed = ColourEmbedding.build()
+    nodes = [
+        ImageNode(image_path=str(SAMPLES / "red-square.png"), text="a red square"),
+        ImageNode(image_path=str(SAMPLES / "blue-circle.jpg"), text="a blue circle"),
+    ]
+    index = MultiModalVectorStoreIndex(nodes, embed_model=embed, image_embed_model=embed)
+    retriever = index.as_retriever(similarity_top_k=1, image_similarity_top_k=1)
+    engine = RetrieverQueryEngine.from_args(retriever=retriever, llm=llm, multimodal=True)
+    response = engine.query("Show me the red one.")
+    assert "640x480 PNG image, mostly white and red" in str(response)
+    assert len(emulator.requests[-1].images) == 1
