@@ -106,7 +106,9 @@ def _usage(usage: core.Usage | None) -> UsageMetadata | None:
 
 
 def _metadata(result: core.ChatResult | core.StreamDelta) -> dict[str, Any]:
-    meta = core.ChatResult.metadata(result)  # type: ignore[arg-type]
+    meta = core.result_metadata(result)
+    for tokens in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        del meta[tokens]  # LangChain reports them in usage_metadata
     return {**meta, "model_provider": PROVIDER_TAG}
 
 
@@ -245,18 +247,12 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
     def _call_args(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        tools = tuple(core.Tool.from_openai(t) for t in kwargs.pop("tools", None) or ())
-        choice = core.normalize_tool_choice(kwargs.pop("tool_choice", None), tools)
         if stop is not None:
             kwargs["stop"] = stop
         kwargs.pop("stream", None)
-        params = self.generation_params(extra=self.model_kwargs, **kwargs)
-        return {
-            "messages": [to_core_message(m) for m in messages],
-            "tools": tools,
-            "tool_choice": choice,
-            "params": params,
-        }
+        return self.request_args(
+            [to_core_message(m) for m in messages], extra=self.model_kwargs, **kwargs
+        )
 
     # ------------------------------------------------------------------ generation
 

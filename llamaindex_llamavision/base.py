@@ -105,20 +105,6 @@ def to_core_message(message: ChatMessage) -> core.Message:
     return core.Message(role, tuple(parts))
 
 
-def _usage_kwargs(result: core.ChatResult | core.StreamAccumulator) -> dict[str, Any]:
-    usage = result.usage
-    return {
-        "prompt_tokens": usage.prompt_tokens if usage else None,
-        "completion_tokens": usage.completion_tokens if usage else None,
-        "total_tokens": usage.total_tokens if usage else None,
-        "cost": result.cost,
-        "provider": result.provider,
-        "model": result.model,
-        "request_id": result.request_id,
-        "finish_reason": result.finish_reason,
-    }
-
-
 def to_chat_message(text: str, calls: Sequence[core.ToolCall]) -> ChatMessage:
     """Build the assistant ``ChatMessage`` for an answer (tool calls as ``ToolCallBlock``)."""
     blocks: list[Any] = [TextBlock(text=text)] if text else []
@@ -133,7 +119,7 @@ def to_chat_response(result: core.ChatResult) -> ChatResponse:
     return ChatResponse(
         message=to_chat_message(result.text, result.tool_calls),
         raw=result.raw,
-        additional_kwargs=_usage_kwargs(result),
+        additional_kwargs=core.result_metadata(result),
     )
 
 
@@ -197,16 +183,10 @@ class LlamaVision(LlamaVisionSettings, FunctionCallingLLM):
     # ------------------------------------------------------------------ request building
 
     def _call_args(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
-        tools = tuple(core.Tool.from_openai(t) for t in kwargs.pop("tools", None) or ())
-        choice = core.normalize_tool_choice(kwargs.pop("tool_choice", None), tools)
         kwargs.pop("allow_parallel_tool_calls", None)
-        params = self.generation_params(extra=self.additional_kwargs, **kwargs)
-        return {
-            "messages": [to_core_message(m) for m in messages],
-            "tools": tools,
-            "tool_choice": choice,
-            "params": params,
-        }
+        return self.request_args(
+            [to_core_message(m) for m in messages], extra=self.additional_kwargs, **kwargs
+        )
 
     # ------------------------------------------------------------------ chat
 
@@ -355,5 +335,5 @@ class _Streamed:
             message = to_chat_message(self.text, self.acc.result().tool_calls)
         else:
             message = ChatMessage(role=MessageRole.ASSISTANT, content=self.text)
-        extra = _usage_kwargs(self.acc) if delta.finish_reason is not None else {}
+        extra = core.result_metadata(self.acc) if delta.finish_reason is not None else {}
         return ChatResponse(message=message, delta=delta.text, raw=delta, additional_kwargs=extra)

@@ -28,7 +28,6 @@ from llama_index.core.schema import ImageNode
 from typing_extensions import Self
 
 from llamaindex_llamavision.base import LlamaVision
-from llamavision.providers import PROVIDERS
 from llamavision.settings import LlamaVisionSettings
 
 
@@ -101,13 +100,13 @@ class LlamaVisionMultiModal(LlamaVisionSettings, MultiModalLLM):
     @property
     def metadata(self) -> MultiModalLLMMetadata:
         """Context window, output limit and image limit of the model."""
-        codec = PROVIDERS[self.provider]
+        meta = self._llm.metadata
         return MultiModalLLMMetadata(
-            context_window=codec.CONTEXT_WINDOW,
-            num_output=self.max_tokens or codec.MAX_OUTPUT_TOKENS,
-            num_input_files=1,
-            is_function_calling_model=True,
-            model_name=str(self.model),
+            context_window=meta.context_window,
+            num_output=meta.num_output,
+            num_input_files=1,  # the model is trained for one image per conversation
+            is_function_calling_model=meta.is_function_calling_model,
+            model_name=meta.model_name,
         )
 
     def to_payload(self) -> dict[str, Any]:

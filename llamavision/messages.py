@@ -242,16 +242,6 @@ class ChatResult:
     request_id: str | None = None
     raw: Any = None
 
-    def metadata(self) -> dict[str, Any]:
-        """Return the response metadata: provider, model, finish reason, request id, cost."""
-        return {
-            "provider": self.provider,
-            "model_name": self.model,
-            "finish_reason": self.finish_reason,
-            "request_id": self.request_id,
-            "cost": self.cost,
-        }
-
     def to_message(self) -> Message:
         """Return this answer as an assistant message, ready to append to the conversation."""
         return Message.assistant(self.text, self.tool_calls)
@@ -287,6 +277,25 @@ class StreamDelta:
     provider: str | None = None
     model: str | None = None
     request_id: str | None = None
+
+
+def result_metadata(result: ChatResult | StreamDelta | StreamAccumulator) -> dict[str, Any]:
+    """Return what frameworks report about an answer.
+
+    Provider, model, finish reason, request id, cost and token counts, from a result, a
+    stream's final delta, or an accumulator.
+    """
+    usage = result.usage
+    return {
+        "provider": result.provider,
+        "model_name": result.model,
+        "finish_reason": result.finish_reason,
+        "request_id": result.request_id,
+        "cost": result.cost,
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "total_tokens": usage.total_tokens if usage else None,
+    }
 
 
 def make_tool_call(

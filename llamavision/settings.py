@@ -8,12 +8,13 @@ instead of repeating them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
 from llamavision.client import LlamaVisionClient
-from llamavision.messages import GenerationParams
+from llamavision.messages import GenerationParams, Message, Tool, normalize_tool_choice
 
 _PARAM_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationParams))
 
@@ -79,6 +80,33 @@ class LlamaVisionSettings(BaseModel):
         )
         self.api_key = client.endpoints[0].api_key
         return client
+
+    def request_args(
+        self,
+        messages: list[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        extra: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> dict[str, Any]:
+        """Build the keyword arguments of :meth:`LlamaVisionClient.chat` for one call.
+
+        Args:
+            messages: the conversation, already translated.
+            tools: OpenAI-style tool definitions, as the frameworks' converters give them.
+            tool_choice: any framework spelling (see :func:`normalize_tool_choice`).
+            extra: body parameters sent as they are.
+            **overrides: per-call sampling parameters (see :meth:`generation_params`).
+
+        """
+        core_tools = tuple(Tool.from_openai(t) for t in tools or ())
+        return {
+            "messages": messages,
+            "tools": core_tools,
+            "tool_choice": normalize_tool_choice(tool_choice, core_tools),
+            "params": self.generation_params(extra=extra, **overrides),
+        }
 
     def generation_params(self, **overrides: Any) -> GenerationParams:
         """Return the sampling parameters, with per-call overrides.

@@ -43,3 +43,11 @@ def clip(value: Any, limit: int = 300) -> str:
     """Return ``value`` as text short enough for an error message."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def decode_error_body(content: bytes) -> Any:
+    """Decode an error reply: its JSON, or its text when it is not JSON (an HTML page...)."""
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", "replace")

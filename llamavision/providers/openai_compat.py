@@ -31,7 +31,7 @@ from llamavision.messages import (
     make_tool_call,
     split_tool_calls,
 )
-from llamavision.providers._common import clip, drop_unsupported, load_event
+from llamavision.providers._common import clip, decode_error_body, drop_unsupported, load_event
 
 NAME = "aigateway"
 DEFAULT_BASE_URL = "https://api.aigateway.sh/v1"
@@ -276,11 +276,7 @@ def _fragment(value: Any) -> str:
 
 def error_from(status: int, headers: Mapping[str, str], content: bytes) -> LlamaVisionError:
     """Map an HTTP error reply to a typed exception."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        body = content.decode("utf-8", "replace")
-    return error_from_body(status, headers, body)
+    return error_from_body(status, headers, decode_error_body(content))
 
 
 def error_from_body(

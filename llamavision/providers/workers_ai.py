@@ -40,7 +40,7 @@ from llamavision.messages import (
     split_tool_calls,
 )
 from llamavision.providers import openai_compat
-from llamavision.providers._common import clip, drop_unsupported, load_event
+from llamavision.providers._common import clip, decode_error_body, drop_unsupported, load_event
 
 NAME = "cloudflare"
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4/accounts/{account_id}/ai/run"
@@ -288,11 +288,7 @@ class StreamParser:
 
 def error_from(status: int, headers: Mapping[str, str], content: bytes) -> LlamaVisionError:
     """Map an HTTP error reply (the ``{"success": false, "errors": [...]}`` envelope)."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        body = content.decode("utf-8", "replace")
-    return error_from_body(status, headers, body)
+    return error_from_body(status, headers, decode_error_body(content))
 
 
 def error_from_body(
