@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -23,31 +22,16 @@ from llamavision.messages import Message, StreamAccumulator
 from llamavision.providers import PROVIDERS
 
 
-def has_credentials(provider: str) -> bool:
-    """Return whether the environment holds the credentials ``provider`` needs."""
-    codec = PROVIDERS[provider]
-    names = [codec.KEY_ENV, *([codec.ACCOUNT_ENV] if hasattr(codec, "ACCOUNT_ENV") else [])]
-    return all(os.environ.get(name) for name in names)
-
-
 @contextmanager
 def provider_environment(provider: str, err: TextIO) -> Iterator[None]:
     """Use the real provider when its credentials are set, else the bundled emulator."""
-    if has_credentials(provider):
+    from llamavision.emulator import start_unless_configured
+
+    server = start_unless_configured(provider, err)
+    if server is None:
         yield
         return
-    from llamavision.emulator import EmulatorServer
-
-    codec = PROVIDERS[provider]
-    needed = " and ".join(
-        [*([codec.ACCOUNT_ENV] if hasattr(codec, "ACCOUNT_ENV") else []), codec.KEY_ENV]
-    )
-    with EmulatorServer() as server, server.patched_env():
-        print(
-            f"llamavision: no {needed} set, so this runs against the bundled emulator at "
-            f"{server.url}: answers are synthetic. Set {needed} to use the real model.",
-            file=err,
-        )
+    with server, server.patched_env():
         yield
 
 

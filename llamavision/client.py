@@ -509,9 +509,10 @@ class LlamaVisionClient:
             else m
             for m in request.messages
         ]
-        count = sum(len(m.images) for m in messages)
-        if count <= 1:
-            return tuple(messages)
+        images = [i.source for m in messages for i in m.images]
+        count = len({i.data if isinstance(i, ResolvedImage) else i.url for i in images})
+        if count <= 1:  # no image, one image, or the same image several times: keep the last
+            return self._apply_policy(tuple(messages), None)
         if self.multi_image == "error":
             raise ImageError(
                 f"This conversation holds {count} images, but Llama 3.2 Vision is trained for "

@@ -15,7 +15,7 @@ from llamavision.emulator.app import (
     Received,
     Reply,
 )
-from llamavision.emulator.server import EmulatorServer, serve
+from llamavision.emulator.server import EmulatorServer, serve, start_unless_configured
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
@@ -27,4 +27,5 @@ __all__ = [
     "Received",
     "Reply",
     "serve",
+    "start_unless_configured",
 ]

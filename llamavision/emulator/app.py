@@ -426,6 +426,8 @@ def default_answer(received: Received) -> tuple[str, list[tuple[str, dict[str, A
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
         payload = {"source": "llamavision emulator", "question": question, "image": seen}
         return json.dumps(payload), []
+    if len(question) > 240:
+        question = question[:120] + " [...] " + question[-100:]
     return (
         f"This is a synthetic answer from the llamavision emulator ({received.provider}). "
         f"I received {seen}. You asked: {question!r}",

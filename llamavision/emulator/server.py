@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 from llamavision.emulator.app import DEFAULT_ACCOUNT_ID, Emulator
 from llamavision.errors import ConfigurationError
+from llamavision.providers import PROVIDERS
 
 
 def _uvicorn() -> Any:
@@ -127,6 +129,33 @@ class EmulatorServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _credential_names(provider: str) -> list[str]:
+    codec = PROVIDERS[provider]
+    return [*([codec.ACCOUNT_ENV] if hasattr(codec, "ACCOUNT_ENV") else []), codec.KEY_ENV]
+
+
+def start_unless_configured(
+    provider: str = "aigateway", stream: TextIO | None = None
+) -> EmulatorServer | None:
+    """Start the emulator when ``provider``'s credentials are not in the environment.
+
+    Prints one line saying so (answers are then synthetic) and how to use the real model.
+    Returns the running server (point clients at it with :meth:`EmulatorServer.env`), or
+    ``None`` when the credentials are set and the real provider should be used.
+    """
+    needed = _credential_names(provider)
+    if all(os.environ.get(name) for name in needed):
+        return None
+    server = EmulatorServer().start()
+    names = " and ".join(needed)
+    print(
+        f"llamavision: no {names} set, so this runs against the bundled emulator at "
+        f"{server.url}: answers are synthetic. Set {names} to use the real model.",
+        file=stream or sys.stderr,
+    )
+    return server
 
 
 def serve(port: int = 8799, host: str = "127.0.0.1", *, license_gate: bool = True) -> None:

@@ -556,3 +556,16 @@ def test_unreadable_image_fails_before_any_request() -> None:
     with pytest.raises(ImageError, match="PDF"):
         script.client().chat([Message.user("?", image=b"%PDF-1.4")])
     assert script.requests == []
+
+
+def test_the_same_image_twice_counts_as_one() -> None:
+    script = Script(completion())
+    red = png((255, 0, 0))
+    script.client().chat(
+        [
+            Message.user("first", image=red),
+            Message.assistant("ok"),
+            Message.user("again", image=red),
+        ]
+    )
+    assert len(sent_image_urls(script.bodies()[0])) == 1

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from llama_index.core.base.llms.base import BaseLLM
@@ -18,6 +18,7 @@ from llama_index.core.tools import FunctionTool
 from pydantic import BaseModel
 
 from llamaindex_llamavision import LlamaVision, LlamaVisionMultiModal
+from llamaindex_llamavision.offline import ColourEmbedding
 from llamavision import ImageError, LicenseAgreementRequiredError, StreamInterruptedError
 from llamavision.emulator import Emulator, EmulatorServer, Fault, Reply
 
@@ -338,64 +339,13 @@ async def test_multimodal_async_and_chat(mm: LlamaVisionMultiModal) -> None:
     assert "640x480" in streamed[-1].message.content
 
 
-class ColourEmbedding:
-    """Builds a deterministic 'colour' embedding model: images by their mean colour, text by
-    the colour words it names. Small and local, so the index needs no downloaded weights.
-    """
-
-    WORDS: ClassVar[dict[str, tuple[float, float, float]]] = {
-        "red": (1.0, 0.1, 0.1),
-        "blue": (0.1, 0.2, 1.0),
-        "orange": (1.0, 0.55, 0.2),
-        "purple": (0.6, 0.2, 0.7),
-        "sunset": (0.8, 0.4, 0.4),
-        "green": (0.1, 1.0, 0.2),
-    }
-
-    @classmethod
-    def build(cls) -> Any:
-        from llama_index.core.embeddings import MultiModalEmbedding
-        from PIL import Image, ImageStat
-
-        words = cls.WORDS
-
-        class _Embedding(MultiModalEmbedding):
-            def _text(self, text: str) -> list[float]:
-                vec = [0.01, 0.01, 0.01]
-                for word, rgb in words.items():
-                    if word in text.lower():
-                        vec = [v + c for v, c in zip(vec, rgb, strict=True)]
-                return vec
-
-            def _get_image_embedding(self, img_file_path: Any) -> list[float]:
-                with Image.open(img_file_path) as img:
-                    mean = ImageStat.Stat(img.convert("RGB")).mean
-                # remove the white/grey part so the dominant hue decides
-                low = min(mean)
-                return [max(0.01, (m - low) / 255) for m in mean]
-
-            async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
-                return self._get_image_embedding(img_file_path)
-
-            def _get_query_embedding(self, query: str) -> list[float]:
-                return self._text(query)
-
-            async def _aget_query_embedding(self, query: str) -> list[float]:
-                return self._text(query)
-
-            def _get_text_embedding(self, text: str) -> list[float]:
-                return self._text(text)
-
-        return _Embedding(model_name="colour")
-
-
 def test_multimodal_query_engine_over_an_image_index(
     mm: LlamaVisionMultiModal, emulator: Emulator
 ) -> None:
     from llama_index.core.indices import MultiModalVectorStoreIndex
     from llama_index.core.schema import ImageNode, TextNode
 
-    embed = ColourEmbedding.build()
+    embed = ColourEmbedding()
     nodes = [
         ImageNode(image_path=str(SAMPLES / "red-square.png"), text="a red square"),
         ImageNode(image_path=str(SAMPLES / "blue-circle.jpg"), text="a blue circle"),
@@ -421,7 +371,7 @@ def test_current_multimodal_engine_with_the_chat_llm(llm: LlamaVision, emulator:
     from llama_index.core.query_engine import RetrieverQueryEngine
     from llama_index.core.schema import ImageNode
 
-    embed = ColourEmbedding.build()
+    embed = ColourEmbedding()
     nodes = [
         ImageNode(image_path=str(SAMPLES / "red-square.png"), text="a red square"),
         ImageNode(image_path=str(SAMPLES / "blue-circle.jpg"), text="a blue circle"),
