@@ -19,7 +19,6 @@ from types import ModuleType, TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
-from httpx_sse import EventSource
 from pydantic import SecretStr
 
 from llamavision import __version__
@@ -739,6 +738,43 @@ class LlamaVisionClient:
         return opened
 
 
+def _sse_line(line: str, data: list[str]) -> str | None:
+    """Take one SSE line; return an event's data when a blank line completes it.
+
+    Only ``data:`` fields matter to these providers; ``event:``, ``id:``, ``retry:`` and
+    comments are ignored, as the SSE specification allows a client to.
+    """
+    if line.startswith("data:"):
+        data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+    elif not line and data:
+        event = data[0] if len(data) == 1 else "\n".join(data)
+        data.clear()
+        return event
+    return None
+
+
+def sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """Yield the data of each server-sent event, from httpx's decoded lines."""
+    data: list[str] = []
+    for line in lines:
+        event = _sse_line(line, data)
+        if event is not None:
+            yield event
+    if data:
+        yield "\n".join(data)
+
+
+async def asse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Async form of :func:`sse_data`."""
+    data: list[str] = []
+    async for line in lines:
+        event = _sse_line(line, data)
+        if event is not None:
+            yield event
+    if data:
+        yield "\n".join(data)
+
+
 def _map_images(message: Message, fn: Callable[[Image], Image]) -> Message:
     if not message.images:
         return message
@@ -826,7 +862,7 @@ class _OpenStream(_StreamBase):
             if self.response.status_code >= 400:
                 self.response.read()
                 raise self.status_error()
-            self.events = EventSource(self.response).iter_sse()
+            self.events = sse_data(self.response.iter_lines())
             while not self.pending:
                 self.pending = self._next()
         except BaseException:
@@ -840,7 +876,7 @@ class _OpenStream(_StreamBase):
             raise _connection_error(self.ep, exc) from exc
         if event is None:
             return self.on_end()
-        return self.on_data(event.data)
+        return self.on_data(event)
 
     def deltas(self) -> Iterator[StreamDelta]:
         pieces = self.pieces
@@ -868,7 +904,7 @@ class _AsyncOpenStream(_StreamBase):
             if self.response.status_code >= 400:
                 await self.response.aread()
                 raise self.status_error()
-            self.events = EventSource(self.response).aiter_sse()
+            self.events = asse_data(self.response.aiter_lines())
             while not self.pending:
                 self.pending = await self._next()
         except BaseException:
@@ -882,7 +918,7 @@ class _AsyncOpenStream(_StreamBase):
             raise _connection_error(self.ep, exc) from exc
         if event is None:
             return self.on_end()
-        return self.on_data(event.data)
+        return self.on_data(event)
 
     async def deltas(self) -> AsyncIterator[StreamDelta]:
         pieces = self.pieces

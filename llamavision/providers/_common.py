@@ -22,10 +22,13 @@ def drop_unsupported(provider: str, params: GenerationParams, names: tuple[str, 
         )
 
 
+_decode = json.JSONDecoder().decode  # skips json.loads' per-call argument handling
+
+
 def load_event(data: str, provider: str) -> dict[str, Any]:
     """Decode one stream event's data, which must be a JSON object."""
     try:
-        event = json.loads(data)
+        event = _decode(data)
     except json.JSONDecodeError as exc:
         raise MalformedResponseError(
             f"{provider} sent a stream event that is not valid JSON ({exc.msg}): {clip(data)}",

@@ -238,6 +238,9 @@ class StreamParser:
 
         """
         event = load_event(data, NAME)
+        text = event.get("response")
+        if text.__class__ is str and len(event) <= 2 and (len(event) == 1 or "p" in event):
+            return [StreamDelta(text)] if text else []  # the common case: text and padding
         if not _EVENT_KEYS.intersection(event):
             if "errors" in event or "error" in event:
                 raise error_from_body(500, {}, event, streaming=True)
@@ -254,8 +257,9 @@ class StreamParser:
         usage = openai_compat.parse_usage(event.get("usage"))
         if usage is not None:
             self._final_usage = usage
-        text = event.get("response") or ""
-        if not isinstance(text, str):
+        if text is None:
+            text = ""
+        elif not isinstance(text, str):
             text = json.dumps(text)
         raw_calls = event.get("tool_calls") or ()
         if not raw_calls:

@@ -1,0 +1,33 @@
+"""The benchmark command runs end to end on a tiny workload (numbers are not checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_runs_and_writes_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    done = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = out.read_text()
+    for section in (
+        "2,000-chunk stream",
+        "non-streamed call",
+        "Long stream",
+        "500 argument",
+        "async calls",
+        "12-megapixel",
+    ):
+        assert section in table
+    assert "ChatLlamaVision, aigateway" in table and "OpenAILike" in table
