@@ -250,15 +250,7 @@ def parse_choice_delta(choices: Any, state: StreamParser | Any) -> list[StreamDe
         calls = delta.get("tool_calls")
         if not calls:
             return [StreamDelta(text=text)] if text else []
-        chunks = tuple(
-            ToolCallChunk(
-                index=c.get("index", i),
-                id=c.get("id"),
-                name=(c.get("function") or {}).get("name"),
-                arguments=_fragment((c.get("function") or {}).get("arguments")),
-            )
-            for i, c in enumerate(calls)
-        )
+        chunks = tuple(_tool_call_chunk(i, c) for i, c in enumerate(calls))
     except (AttributeError, IndexError, TypeError) as exc:
         raise MalformedResponseError(
             f"malformed stream chunk ({exc}): {clip(choices)}", provider=NAME
@@ -266,12 +258,14 @@ def parse_choice_delta(choices: Any, state: StreamParser | Any) -> list[StreamDe
     return [StreamDelta(text=text, tool_call_chunks=chunks)]
 
 
-def _fragment(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"))
+def _tool_call_chunk(position: int, call: Any) -> ToolCallChunk:
+    fn = call.get("function") or {}
+    arguments = fn.get("arguments")
+    if arguments is None:
+        arguments = ""
+    elif arguments.__class__ is not str:
+        arguments = json.dumps(arguments, separators=(",", ":"))
+    return ToolCallChunk(call.get("index", position), call.get("id"), fn.get("name"), arguments)
 
 
 def error_from(status: int, headers: Mapping[str, str], content: bytes) -> LlamaVisionError:

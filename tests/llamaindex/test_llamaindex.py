@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 from pathlib import Path
 from typing import Any
 
@@ -358,12 +357,6 @@ def test_multimodal_query_engine_over_an_image_index(
     assert "800x600 JPEG image, mostly white and blue" in str(response)
     assert response.metadata is not None and len(response.metadata["image_nodes"]) == 1
     assert "Which picture shows a blue shape?" in emulator.requests[-1].messages[-1]["text"]
-
-
-def test_llamaindex_live_skips_cleanly_without_credentials() -> None:
-    live = os.environ.get("AIGATEWAY_API_KEY") and not os.environ.get("AIGATEWAY_BASE_URL")
-    if not live:
-        pytest.skip("set AIGATEWAY_API_KEY to run against the real service")
 
 
 def test_current_multimodal_engine_with_the_chat_llm(llm: LlamaVision, emulator: Emulator) -> None:
