@@ -508,26 +508,28 @@ def async_throughput(c: Clients, cfg: Config) -> list[Row]:
             lambda: lambda m=c.llamavision_li("short", "openai"): m.achat(li_messages),
         ),
     ]
+
+    async def run(fn: Callable[..., Any]) -> tuple[float, float]:
+        gate = asyncio.Semaphore(cfg.concurrency)
+
+        async def one() -> None:
+            async with gate:
+                await (fn("hi") if getattr(fn, "__name__", "") == "achat" else fn())
+
+        await asyncio.gather(*(one() for _ in range(cfg.concurrency)))  # warm-up
+        c0, w0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(cfg.async_calls)))
+        return time.process_time() - c0, time.perf_counter() - w0
+
+    # Interleave the clients round by round, so that drifts of this shared machine hit all.
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in makers}
+    for _ in range(cfg.repeats):
+        for name, make in makers:
+            samples[name].append(asyncio.run(run(make())))
     rows = []
-    for name, make in makers:
-        samples = []
-        for _ in range(max(1, cfg.repeats // 2)):
-
-            async def run(fn: Callable[..., Any]) -> tuple[float, float]:
-                gate = asyncio.Semaphore(cfg.concurrency)
-
-                async def one() -> None:
-                    async with gate:
-                        await (fn("hi") if fn.__name__ == "achat" else fn())
-
-                await asyncio.gather(*(one() for _ in range(cfg.concurrency)))  # warm-up
-                c0, w0 = time.process_time(), time.perf_counter()
-                await asyncio.gather(*(one() for _ in range(cfg.async_calls)))
-                return time.process_time() - c0, time.perf_counter() - w0
-
-            samples.append(asyncio.run(run(make())))
-        cpu = statistics.median(s[0] for s in samples)
-        wall = statistics.median(s[1] for s in samples)
+    for name, got in samples.items():
+        cpu = statistics.median(s[0] for s in got)
+        wall = statistics.median(s[1] for s in got)
         rows.append(
             Row(
                 name,

@@ -247,7 +247,7 @@ class ChatResult:
         return Message.assistant(self.text, self.tool_calls)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per streamed fragment, so __init__ must be cheap
 class ToolCallChunk:
     """A fragment of a streamed tool call.
 

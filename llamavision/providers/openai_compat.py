@@ -250,7 +250,10 @@ def parse_choice_delta(choices: Any, state: StreamParser | Any) -> list[StreamDe
         calls = delta.get("tool_calls")
         if not calls:
             return [StreamDelta(text=text)] if text else []
-        chunks = tuple(_tool_call_chunk(i, c) for i, c in enumerate(calls))
+        if len(calls) == 1:
+            chunks: tuple[ToolCallChunk, ...] = (_tool_call_chunk(0, calls[0]),)
+        else:
+            chunks = tuple([_tool_call_chunk(i, c) for i, c in enumerate(calls)])
     except (AttributeError, IndexError, TypeError) as exc:
         raise MalformedResponseError(
             f"malformed stream chunk ({exc}): {clip(choices)}", provider=NAME

@@ -569,3 +569,22 @@ def test_the_same_image_twice_counts_as_one() -> None:
         ]
     )
     assert len(sent_image_urls(script.bodies()[0])) == 1
+
+
+def test_sse_reader_follows_the_event_stream_format() -> None:
+    from llamavision.client import sse_data
+
+    lines = [
+        ": keep-alive comment",
+        "event: message",
+        "id: 7",
+        'data: {"a":',
+        "data:1}",
+        "",
+        "",
+        "retry: 100",
+        "data:no-space",
+        "",
+        "data: tail-without-blank-line",
+    ]
+    assert list(sse_data(iter(lines))) == ['{"a":\n1}', "no-space", "tail-without-blank-line"]
