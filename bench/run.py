@@ -460,8 +460,8 @@ def tool_fragments(c: Clients, cfg: Config) -> list[Row]:
     return rows
 
 
-def async_throughput(c: Clients, cfg: Config) -> list[Row]:
-    """``async_calls`` non-streamed calls at ``concurrency``: calls/s and CPU per call."""
+def async_makers(c: Clients) -> dict[str, Callable[[], Callable[..., Any]]]:
+    """Return the async clients, each made fresh by its factory."""
     from llama_index.core.llms import ChatMessage
     from openai import AsyncOpenAI
 
@@ -492,7 +492,7 @@ def async_throughput(c: Clients, cfg: Config) -> list[Row]:
 
         return call
 
-    makers: list[tuple[str, Callable[[], Callable[[], Any]]]] = [
+    makers: list[tuple[str, Callable[[], Callable[..., Any]]]] = [
         ("raw httpx + json (floor)", floor),
         ("openai SDK", sdk),
         ("llamavision core, aigateway", lambda: c.core("short", "openai").achat),
@@ -509,23 +509,58 @@ def async_throughput(c: Clients, cfg: Config) -> list[Row]:
         ),
     ]
 
-    async def run(fn: Callable[..., Any]) -> tuple[float, float]:
-        gate = asyncio.Semaphore(cfg.concurrency)
+    return dict(makers)
+
+
+def async_sample(url: str, name: str, calls: int, concurrency: int) -> tuple[float, float]:
+    """Run one throughput sample of one client (in the current, fresh process)."""
+    fn = async_makers(Clients(url))[name]()
+
+    async def run() -> tuple[float, float]:
+        gate = asyncio.Semaphore(concurrency)
 
         async def one() -> None:
             async with gate:
                 await (fn("hi") if getattr(fn, "__name__", "") == "achat" else fn())
 
-        await asyncio.gather(*(one() for _ in range(cfg.concurrency)))  # warm-up
+        await asyncio.gather(*(one() for _ in range(concurrency)))  # warm-up
         c0, w0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(cfg.async_calls)))
+        await asyncio.gather(*(one() for _ in range(calls)))
         return time.process_time() - c0, time.perf_counter() - w0
 
-    # Interleave the clients round by round, so that drifts of this shared machine hit all.
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in makers}
+    return asyncio.run(run())
+
+
+def async_throughput(c: Clients, cfg: Config) -> list[Row]:
+    """``async_calls`` non-streamed calls at ``concurrency``: calls/s and CPU per call.
+
+    Each sample runs in a fresh process, as a user's program would, so that no client is
+    measured inside a heap shaped by the others; rounds interleave the clients so that the
+    shared machine's drifts hit all of them alike.
+    """
+    names = list(async_makers(c))
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for _ in range(cfg.repeats):
-        for name, make in makers:
-            samples[name].append(asyncio.run(run(make())))
+        for name in names:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--async-sample",
+                    name,
+                    "--url",
+                    c.url,
+                    "--calls",
+                    str(cfg.async_calls),
+                    "--concurrency",
+                    str(cfg.concurrency),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            cpu, wall = map(float, out.stdout.split()[-2:])
+            samples[name].append((cpu, wall))
     rows = []
     for name, got in samples.items():
         cpu = statistics.median(s[0] for s in got)
@@ -691,7 +726,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny workloads (a smoke test)")
     parser.add_argument("--out", default=str(ROOT / "RESULTS.md"))
+    parser.add_argument("--async-sample", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.async_sample:  # a worker of async_throughput
+        cpu, wall = async_sample(args.url, args.async_sample, args.calls, args.concurrency)
+        print(cpu, wall)
+        return 0
     cfg = (
         Config(
             repeats=1,
