@@ -494,7 +494,11 @@ class LlamaVisionClient:
     # ----------------------------------------------------------------- images
 
     def _local_images(self, request: ChatRequest) -> tuple[Message, ...]:
-        """Resolve every image (no network), then apply the one-image policy."""
+        """Resolve every image (no network), then apply the one-image policy.
+
+        Leaves several images only for ``grid``, which the resolvers compose once remote
+        images are downloaded.
+        """
         opts = self.image_options
         messages = [
             dataclasses.replace(
@@ -519,6 +523,8 @@ class LlamaVisionClient:
                 "keep only the last one, or multi_image='grid' to compose them into one "
                 "labelled grid (for comparisons)."
             )
+        if self.multi_image == "latest":
+            return self._apply_policy(tuple(messages), None)
         return tuple(messages)
 
     @staticmethod
@@ -563,11 +569,8 @@ class LlamaVisionClient:
                 return downloads[src.url]
             return src  # type: ignore[no-any-return]
 
-        if self.multi_image == "grid" and sum(len(m.images) for m in local) > 1:
-            grid = [inline(i) for m in local for i in m.images]
-            local = self._apply_policy(local, grid)
-        else:
-            local = self._apply_policy(local, None)
+        if sum(len(m.images) for m in local) > 1:  # only "grid" leaves several
+            local = self._apply_policy(local, [inline(i) for m in local for i in m.images])
 
         def for_endpoint(ep: Endpoint) -> ChatRequest:
             messages = local
@@ -597,11 +600,9 @@ class LlamaVisionClient:
                 return downloads[src.url]
             return src  # type: ignore[no-any-return]
 
-        if self.multi_image == "grid" and sum(len(m.images) for m in local) > 1:
+        if sum(len(m.images) for m in local) > 1:  # only "grid" leaves several
             grid = [await inline(i) for m in local for i in m.images]
             local = await asyncio.to_thread(self._apply_policy, local, grid)
-        else:
-            local = self._apply_policy(local, None)
 
         async def for_endpoint(ep: Endpoint) -> ChatRequest:
             messages = local

@@ -588,3 +588,14 @@ def test_sse_reader_follows_the_event_stream_format() -> None:
         "data: tail-without-blank-line",
     ]
     assert list(sse_data(iter(lines))) == ['{"a":\n1}', "no-space", "tail-without-blank-line"]
+
+
+async def test_async_latest_and_grid_policies() -> None:
+    red, blue = png((255, 0, 0)), png((0, 0, 255))
+    conversation = [Message.user("compare", images=[red, blue])]
+    script = Script(completion(), completion())
+    await script.client(multi_image="grid").achat(conversation)
+    await script.client(multi_image="latest").achat(conversation)
+    grid, latest = (sent_image_urls(b) for b in script.bodies())
+    assert len(grid) == 1 and grid[0].startswith("data:image/jpeg;base64,")
+    assert latest == ["data:image/png;base64," + __import__("base64").b64encode(blue).decode()]
