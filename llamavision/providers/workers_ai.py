@@ -195,12 +195,10 @@ def parse_result(body: Any) -> ChatResult:
             f"{NAME} tool call is malformed (missing {exc}): {clip(result)}",
             provider=NAME,
         ) from exc
-    text = result.get("response")
-    if text is not None and not isinstance(text, str):
-        text = json.dumps(text)
+    text = _response_text(result.get("response"))
     finish: FinishReason = "tool_calls" if calls or invalid else "stop"
     return ChatResult(
-        text=text or "",
+        text=text,
         tool_calls=calls,
         invalid_tool_calls=invalid,
         finish_reason=finish,
@@ -208,6 +206,13 @@ def parse_result(body: Any) -> ChatResult:
         provider=NAME,
         raw=body,
     )
+
+
+def _response_text(value: Any) -> str:
+    """Return ``response`` as text: it may be missing, or a JSON value with JSON mode."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class StreamParser:
@@ -257,10 +262,7 @@ class StreamParser:
         usage = openai_compat.parse_usage(event.get("usage"))
         if usage is not None:
             self._final_usage = usage
-        if text is None:
-            text = ""
-        elif not isinstance(text, str):
-            text = json.dumps(text)
+        text = _response_text(text)
         raw_calls = event.get("tool_calls") or ()
         if not raw_calls:
             return [StreamDelta(text=text)] if text else []

@@ -503,3 +503,15 @@ def test_unparsable_tool_arguments_are_kept_as_invalid_calls() -> None:
         "[DONE]",
     )
     assert acc.result().invalid_tool_calls[0].error == "arguments are not a JSON object"
+
+
+def test_cloudflare_json_valued_response_becomes_text() -> None:
+    body = {
+        "result": {"response": {"colour": "red"}},
+        "success": True,
+        "errors": [],
+        "messages": [],
+    }
+    assert json.loads(cf.parse_result(body).text) == {"colour": "red"}
+    acc = sse(cf.StreamParser(), '{"response":{"colour":"red"},"usage":null}', "[DONE]")
+    assert json.loads(acc.result().text) == {"colour": "red"}
