@@ -106,10 +106,7 @@ def _usage(usage: core.Usage | None) -> UsageMetadata | None:
 
 
 def _metadata(result: core.ChatResult | core.StreamDelta) -> dict[str, Any]:
-    meta = core.result_metadata(result)
-    for tokens in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        del meta[tokens]  # LangChain reports them in usage_metadata
-    return {**meta, "model_provider": PROVIDER_TAG}
+    return {**core.result_metadata(result), "model_provider": PROVIDER_TAG}
 
 
 def to_ai_message(result: core.ChatResult) -> AIMessage:

@@ -6,6 +6,7 @@ wire detail lives in the core's provider codecs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -114,12 +115,18 @@ def to_chat_message(text: str, calls: Sequence[core.ToolCall]) -> ChatMessage:
     return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks)
 
 
+def _answer_kwargs(result: core.ChatResult | core.StreamAccumulator) -> dict[str, Any]:
+    """Return the metadata and token counts LlamaIndex users find in ``additional_kwargs``."""
+    usage = dataclasses.asdict(result.usage) if result.usage is not None else {}
+    return {**core.result_metadata(result), **usage}
+
+
 def to_chat_response(result: core.ChatResult) -> ChatResponse:
     """Translate a complete answer into a ``ChatResponse`` (usage and cost in kwargs)."""
     return ChatResponse(
         message=to_chat_message(result.text, result.tool_calls),
         raw=result.raw,
-        additional_kwargs=core.result_metadata(result),
+        additional_kwargs=_answer_kwargs(result),
     )
 
 
@@ -335,5 +342,5 @@ class _Streamed:
             message = to_chat_message(self.text, self.acc.result().tool_calls)
         else:
             message = ChatMessage(role=MessageRole.ASSISTANT, content=self.text)
-        extra = core.result_metadata(self.acc) if delta.finish_reason is not None else {}
+        extra = _answer_kwargs(self.acc) if delta.finish_reason is not None else {}
         return ChatResponse(message=message, delta=delta.text, raw=delta, additional_kwargs=extra)

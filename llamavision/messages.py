@@ -280,21 +280,17 @@ class StreamDelta:
 
 
 def result_metadata(result: ChatResult | StreamDelta | StreamAccumulator) -> dict[str, Any]:
-    """Return what frameworks report about an answer.
+    """Return what frameworks report about an answer, besides its token counts.
 
-    Provider, model, finish reason, request id, cost and token counts, from a result, a
-    stream's final delta, or an accumulator.
+    Provider, model, finish reason, request id and cost, from a result, a stream's final
+    delta, or an accumulator.
     """
-    usage = result.usage
     return {
         "provider": result.provider,
         "model_name": result.model,
         "finish_reason": result.finish_reason,
         "request_id": result.request_id,
         "cost": result.cost,
-        "prompt_tokens": usage.prompt_tokens if usage else None,
-        "completion_tokens": usage.completion_tokens if usage else None,
-        "total_tokens": usage.total_tokens if usage else None,
     }
 
 
