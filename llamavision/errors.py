@@ -15,10 +15,15 @@ class LlamaVisionError(Exception):
         status_code: the HTTP status of the reply, if there was one.
         code: the provider's own error code (e.g. ``"rate_limit_error"`` or ``5016``).
         request_id: the provider's request id, for support tickets.
+        retryable: whether the client retries it (and may fail over).
+        account_level: whether every later request of the same account would fail the same
+            way (credentials, permissions, quota, licence, unknown model): batch jobs stop on
+            these instead of failing item after item.
 
     """
 
     retryable: bool = False
+    account_level: bool = False
 
     def __init__(
         self,
@@ -53,43 +58,70 @@ class LlamaVisionError(Exception):
 class ConfigurationError(LlamaVisionError):
     """The client is missing a setting (a key, an account id) or has an invalid one."""
 
+    account_level = True
+
 
 class ImageError(LlamaVisionError):
     """An image could not be read, is of an unsupported type, or breaks a size limit."""
 
 
 class APIStatusError(LlamaVisionError):
-    """The provider answered with an error status."""
+    """The provider answered with an error status.
+
+    ``retry_after`` is the wait in seconds the provider asked for (``Retry-After``), if any.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
 
 
 class BadRequestError(APIStatusError):
     """The provider rejected the request as malformed (HTTP 400 or 422)."""
 
 
+class RequestTooLargeError(BadRequestError):
+    """The request was too large for the provider (HTTP 413): shrink the image or history."""
+
+
 class AuthenticationError(APIStatusError):
     """The key or token was missing, wrong or revoked (HTTP 401)."""
+
+    account_level = True
 
 
 class PermissionDeniedError(APIStatusError):
     """The key is valid but not allowed to do this (HTTP 403)."""
 
+    account_level = True
+
 
 class InsufficientCreditsError(APIStatusError):
     """The account has no credits left (HTTP 402)."""
 
+    account_level = True
+
 
 class NotFoundError(APIStatusError):
-    """The model or route does not exist (HTTP 404)."""
+    """The model or route does not exist (HTTP 404, Workers AI 5007 and 3042)."""
+
+    account_level = True
 
 
 class RateLimitError(APIStatusError):
-    """Too many requests (HTTP 429); ``retry_after`` is the wait the provider asked for, if any."""
+    """Too many requests (HTTP 429); retried after ``retry_after`` seconds when given."""
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.retry_after = retry_after
+
+class QuotaExceededError(RateLimitError):
+    """The account's daily allocation is used up (Workers AI 3036 or 4006, OpenAI quota).
+
+    An HTTP 429 that no retry can fix: wait for the daily reset, or upgrade the plan.
+    """
+
+    retryable = False
+    account_level = True
 
 
 class ServerError(APIStatusError):
@@ -99,7 +131,11 @@ class ServerError(APIStatusError):
 
 
 class ServiceUnavailableError(APIStatusError):
-    """The provider is overloaded or down (HTTP 502, 503, 504); retried automatically."""
+    """The provider is overloaded, out of capacity, down or timed out; retried automatically.
+
+    HTTP 408, 502, 503 and 504, and Workers AI's capacity (3040) and timeout (3007, 3008)
+    errors.
+    """
 
     retryable = True
 
@@ -133,27 +169,32 @@ class UnsupportedParameterWarning(UserWarning):
     """A generation parameter the chosen provider does not accept was dropped."""
 
 
-_STATUS_ERRORS: dict[int, tuple[type[APIStatusError], str]] = {
+ErrorKind = tuple[type[APIStatusError], str]
+"""A typed error class and the hint that tells the user what to do."""
+
+_RETRY_LATER = "try again later or set fallback_providers."
+STATUS_ERRORS: dict[int, ErrorKind] = {
     400: (BadRequestError, "Check the request: parameters, messages and tool schemas."),
     401: (AuthenticationError, "Check {key_env}: it is missing, wrong or revoked."),
     402: (InsufficientCreditsError, "Add credits to the account behind {key_env}."),
     403: (PermissionDeniedError, "Check that {key_env} is allowed to use this model."),
-    404: (NotFoundError, "Check the model id and base_url."),
+    404: (NotFoundError, "Check the model id ({model}) and base_url."),
+    408: (ServiceUnavailableError, f"The provider timed out; {_RETRY_LATER}"),
+    413: (
+        RequestTooLargeError,
+        "Send a smaller image (ImageOptions(max_side=..., jpeg_quality=...)) or a shorter "
+        "conversation.",
+    ),
     422: (BadRequestError, "Check the request: parameters, messages and tool schemas."),
-    429: (RateLimitError, "Slow down (lower concurrency) or raise max_retries."),
-    500: (ServerError, "The provider failed; try again later or set fallback_providers."),
-    502: (
-        ServiceUnavailableError,
-        "The provider is unavailable; try again later or set fallback_providers.",
+    429: (
+        RateLimitError,
+        "Slow down: lower the concurrency, set rate_limit=... requests per minute, or raise "
+        "max_retries.",
     ),
-    503: (
-        ServiceUnavailableError,
-        "The provider is overloaded; try again later or set fallback_providers.",
-    ),
-    504: (
-        ServiceUnavailableError,
-        "The provider timed out; try again later or set fallback_providers.",
-    ),
+    500: (ServerError, f"The provider failed; {_RETRY_LATER}"),
+    502: (ServiceUnavailableError, f"The provider is unavailable; {_RETRY_LATER}"),
+    503: (ServiceUnavailableError, f"The provider is overloaded; {_RETRY_LATER}"),
+    504: (ServiceUnavailableError, f"The provider timed out; {_RETRY_LATER}"),
 }
 
 
@@ -166,8 +207,10 @@ def status_error(
     code: str | int | None = None,
     request_id: str | None = None,
     retry_after: float | None = None,
+    kind: ErrorKind | None = None,
+    model: str | None = None,
 ) -> APIStatusError:
-    """Build the typed error for an HTTP error status, with what to do next.
+    """Build the typed error for an HTTP error reply, with what to do next.
 
     Args:
         status: the HTTP status.
@@ -176,23 +219,25 @@ def status_error(
         key_env: the environment variable(s) holding the credential, for the hint.
         code: the provider's own error code.
         request_id: the provider's request id.
-        retry_after: seconds the provider asked to wait (429 and 503).
+        retry_after: seconds the provider asked to wait (``Retry-After``).
+        kind: the error class and hint, when the provider's own code says more than the
+            status; by default they follow the status.
+        model: the model id that was requested, named in hints.
 
     """
-    default = (ServerError, _STATUS_ERRORS[500][1]) if status >= 500 else _STATUS_ERRORS[400]
-    cls, hint = _STATUS_ERRORS.get(status, default)
-    message = (
-        f"{provider} returned HTTP {status}: {provider_message} {hint.format(key_env=key_env)}"
+    if kind is None:
+        default = STATUS_ERRORS[500] if status >= 500 else STATUS_ERRORS[400]
+        kind = STATUS_ERRORS.get(status, default)
+    cls, hint = kind
+    hint = hint.format(key_env=key_env, model=model or "as configured")
+    return cls(
+        f"{provider} returned HTTP {status}: {provider_message} {hint}",
+        provider=provider,
+        status_code=status,
+        code=code,
+        request_id=request_id,
+        retry_after=retry_after,
     )
-    kwargs: dict[str, object] = {
-        "provider": provider,
-        "status_code": status,
-        "code": code,
-        "request_id": request_id,
-    }
-    if cls is RateLimitError:
-        return RateLimitError(message, retry_after=retry_after, **kwargs)
-    return cls(message, **kwargs)  # type: ignore[arg-type]
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
