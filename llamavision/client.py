@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -51,7 +51,7 @@ from llamavision.messages import (
     Tool,
     ToolChoice,
 )
-from llamavision.providers import PROVIDERS
+from llamavision.providers import PROVIDERS, Codec
 
 logger = logging.getLogger("llamavision")
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class Endpoint:
     """One configured provider: where to send, with which credential and model."""
 
     provider: str
-    codec: ModuleType
+    codec: Codec
     base_url: str
     model: str
     api_key: SecretStr = dataclasses.field(repr=False)
@@ -107,7 +107,7 @@ def make_endpoint(
             provider=provider,
         )
     url = base_url or os.environ.get(BASE_URL_ENV[provider]) or codec.DEFAULT_BASE_URL
-    if "{account_id}" in url:
+    if "{account_id}" in url and codec.ACCOUNT_ENV:
         account = account_id or os.environ.get(codec.ACCOUNT_ENV)
         if not account:
             raise ConfigurationError(
@@ -666,7 +666,7 @@ class LlamaVisionClient:
     # ----------------------------------------------------------------- license
 
     def _agree(self, ep: Endpoint) -> None:
-        path, body = ep.codec.license_agreement(ep.model)
+        path, body = _license_request(ep)
         logger.warning("accepting Meta's license on %s for this account", ep.provider)
         response = _send(
             lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
@@ -674,7 +674,7 @@ class LlamaVisionClient:
         self._after_agree(ep, response)
 
     async def _aagree(self, ep: Endpoint) -> None:
-        path, body = ep.codec.license_agreement(ep.model)
+        path, body = _license_request(ep)
         logger.warning("accepting Meta's license on %s for this account", ep.provider)
         response = await _asend(
             self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
@@ -683,7 +683,7 @@ class LlamaVisionClient:
 
     def _after_agree(self, ep: Endpoint, response: httpx.Response) -> None:
         if response.status_code >= 400:
-            error = ep.codec.error_from(response.status_code, response.headers, response.content)
+            error = _status_error(ep, response)
             if not isinstance(error, LicenseAgreementRequiredError):
                 raise error
         self._agreed.add(ep.provider)
@@ -695,18 +695,20 @@ class LlamaVisionClient:
         response = _send(
             lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
         )
-        return self._parse_reply(ep, response)
+        return self._parse_reply(ep, response, body.get("max_tokens"))
 
     async def _achat_once(self, ep: Endpoint, prepared: ChatRequest) -> ChatResult:
         path, body = ep.codec.build_payload(prepared)
         response = await _asend(
             self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
         )
-        return self._parse_reply(ep, response)
+        return self._parse_reply(ep, response, body.get("max_tokens"))
 
-    def _parse_reply(self, ep: Endpoint, response: httpx.Response) -> ChatResult:
+    def _parse_reply(
+        self, ep: Endpoint, response: httpx.Response, max_tokens: int | None
+    ) -> ChatResult:
         if response.status_code >= 400:
-            raise ep.codec.error_from(response.status_code, response.headers, response.content)
+            raise _status_error(ep, response)
         try:
             body = response.json()
         except ValueError as exc:
@@ -716,7 +718,7 @@ class LlamaVisionClient:
                 provider=ep.provider,
                 status_code=response.status_code,
             ) from exc
-        result: ChatResult = ep.codec.parse_result(body)
+        result = ep.codec.parse_result(body, max_tokens=max_tokens)
         self._finish(ep, result, response.headers)
         return result
 
@@ -725,7 +727,7 @@ class LlamaVisionClient:
         http = self._client()
         req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
         response = _send(lambda: http.send(req, stream=True), ep)
-        opened = _OpenStream(self, ep, response)
+        opened = _OpenStream(self, ep, response, body.get("max_tokens"))
         opened.start()
         return opened
 
@@ -734,7 +736,7 @@ class LlamaVisionClient:
         http = self._aclient()
         req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
         response = await _asend(http.send(req, stream=True), ep)
-        opened = _AsyncOpenStream(self, ep, response)
+        opened = _AsyncOpenStream(self, ep, response, body.get("max_tokens"))
         await opened.start()
         return opened
 
@@ -777,6 +779,19 @@ def _map_images(message: Message, fn: Callable[[Image], Image]) -> Message:
     return dataclasses.replace(message, parts=parts)
 
 
+def _status_error(ep: Endpoint, response: httpx.Response) -> LlamaVisionError:
+    return ep.codec.error_from(
+        response.status_code, response.headers, response.content, model=ep.model
+    )
+
+
+def _license_request(ep: Endpoint) -> tuple[str, dict[str, Any]]:
+    request = ep.codec.license_agreement(ep.model)
+    if request is None:  # pragma: no cover - only providers with a license gate raise it
+        raise ConfigurationError(f"{ep.provider} has no license to accept.")
+    return request
+
+
 def _connection_error(ep: Endpoint, exc: Exception) -> APIConnectionError:
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
     return APIConnectionError(
@@ -803,25 +818,29 @@ async def _asend(call: Awaitable[httpx.Response], ep: Endpoint) -> httpx.Respons
 class _StreamBase:
     """State of one opened stream, shared by the sync and async readers."""
 
-    def __init__(self, client: LlamaVisionClient, ep: Endpoint, response: httpx.Response) -> None:
+    def __init__(
+        self,
+        client: LlamaVisionClient,
+        ep: Endpoint,
+        response: httpx.Response,
+        max_tokens: int | None,
+    ) -> None:
         self.client = client
         self.ep = ep
         self.response = response
-        self.parser = ep.codec.StreamParser()
+        self.parser = ep.codec.stream_parser(max_tokens=max_tokens)
         self.pending: list[StreamDelta] = []
         self.pieces: list[str] = []
         self.done = False
 
     def status_error(self) -> LlamaVisionError:
-        return self.ep.codec.error_from(  # type: ignore[no-any-return]
-            self.response.status_code, self.response.headers, self.response.content
-        )
+        return _status_error(self.ep, self.response)
 
     def on_data(self, data: str) -> list[StreamDelta]:
         if data == "[DONE]":
             self.done = True
             return [self.final()]
-        return self.parser.feed(data)  # type: ignore[no-any-return]
+        return self.parser.feed(data)
 
     def on_end(self) -> list[StreamDelta]:
         """Handle the end of the body before [DONE]: fine after a finish reason, else a cut."""
@@ -834,7 +853,7 @@ class _StreamBase:
         )
 
     def final(self) -> StreamDelta:
-        delta: StreamDelta = self.parser.finish()
+        delta = self.parser.finish()
         self.client._finish(self.ep, delta, self.response.headers)
         return delta
 

@@ -148,21 +148,31 @@ ToolChoice = Literal["auto", "none", "required"] | str
 def normalize_tool_choice(choice: Any, tools: Sequence[Tool]) -> ToolChoice | None:
     """Map the frameworks' tool-choice spellings onto ours.
 
-    ``"any"`` and ``True`` mean "call a tool" (with one tool, that tool); a dict names a tool
-    the OpenAI way; a plain string is ``"auto"``, ``"none"``, ``"required"`` or a tool name.
+    ``"any"`` and ``True`` mean "call some tool" (``"required"``, as ``ChatOpenAI`` maps
+    them); a dict names a tool the OpenAI way; a plain string is ``"auto"``, ``"none"``,
+    ``"required"`` or a tool name.
+
+    Raises:
+        ValueError: the choice is of no known form, or names a tool that is not bound.
+
     """
     if choice is None or choice is False:
         return None
     if choice is True or choice == "any":
-        return tools[0].name if len(tools) == 1 else "required"
+        return "required"
     if isinstance(choice, Mapping):
         name = (choice.get("function") or {}).get("name") or choice.get("name")
         if not name:
             raise ValueError(f"Unrecognised tool_choice {dict(choice)!r}.")
-        return str(name)
-    if isinstance(choice, str):
-        return choice
-    raise ValueError(f"Unrecognised tool_choice {choice!r}.")
+        choice = str(name)
+    if not isinstance(choice, str):
+        raise ValueError(f"Unrecognised tool_choice {choice!r}.")
+    if choice not in ("auto", "none", "required") and choice not in {t.name for t in tools}:
+        known = ", ".join(repr(t.name) for t in tools) or "none"
+        raise ValueError(
+            f"tool_choice names {choice!r}, which is not a bound tool (bound: {known})."
+        )
+    return choice
 
 
 @dataclass(frozen=True, slots=True)

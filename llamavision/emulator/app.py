@@ -48,10 +48,12 @@ _COLOURS = {
 
 @dataclass
 class Reply:
-    """An exact answer queued by a test or notebook.
+    """An answer queued by a test or notebook: what the model says to the next request.
 
-    ``tool_calls`` holds ``(name, arguments)`` pairs; ``usage`` is ``(prompt, completion)``
-    tokens, computed from the text when omitted; ``provider`` limits the reply to one route.
+    ``tool_calls`` holds ``(name, arguments)`` pairs; ``provider`` limits the reply to one
+    route. Without ``usage`` (``(prompt, completion)`` tokens) or ``finish_reason``, the
+    provider's rules apply as to any answer: one token per word, cut at the request's
+    ``max_tokens`` (Workers AI: 256 when the request sets none). With either, it is sent as is.
     """
 
     text: str = ""
@@ -253,20 +255,19 @@ class Emulator:
 
     def answer(self, received: Received) -> Answer:
         """Return the scripted reply for a request, or the default deterministic answer."""
-        prompt_tokens = _prompt_tokens(received)
         reply: Reply | None = self._take(self._replies, received.provider)
-        if reply is not None:
-            completion = reply.usage[1] if reply.usage else max(1, len(reply.text.split()))
+        if reply is not None and (reply.usage is not None or reply.finish_reason is not None):
+            prompt, completion = reply.usage or (_prompt_tokens(received), len(reply.text.split()))
             return Answer(
                 reply.text,
                 reply.tool_calls,
                 reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop"),
-                reply.usage[0] if reply.usage else prompt_tokens,
+                prompt,
                 completion,
             )
-        text, calls = default_answer(received)
-        answer = Answer(text, calls, "tool_calls" if calls else "stop", prompt_tokens, 0)
-        pieces = answer.pieces()
+        text, calls = (reply.text, reply.tool_calls) if reply else default_answer(received)
+        answer = Answer(text, calls, "tool_calls" if calls else "stop", _prompt_tokens(received), 0)
+        pieces = answer.pieces()  # one piece, one token; the limit applies as the provider's
         if received.max_tokens is not None and len(pieces) > received.max_tokens:
             answer.text = "".join(pieces[: received.max_tokens])
             answer.finish_reason = "length"

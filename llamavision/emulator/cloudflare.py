@@ -29,6 +29,7 @@ LICENSE_MESSAGE = (
 THANKS = (
     "Thank you for agreeing to the Meta Llama 3.2 Community License. You may now use the model."
 )
+DEFAULT_MAX_TOKENS = 256  # Workers AI's documented default for this model
 _ids = itertools.count(1)
 _CODES = {
     400: 5006,
@@ -36,7 +37,9 @@ _CODES = {
     403: 10000,
     404: 5007,
     405: 7001,
-    429: 3036,
+    408: 3007,
+    413: 3006,
+    429: 3021,
     500: 3043,
     502: 3040,
     503: 3040,
@@ -144,7 +147,7 @@ def parse(path: str, headers: dict[str, str], body: Any) -> Received:
         images=images,
         tools=tools,
         response_format=body.get("response_format"),
-        max_tokens=body.get("max_tokens"),
+        max_tokens=body.get("max_tokens", DEFAULT_MAX_TOKENS),
         stream=bool(body.get("stream")),
         headers=headers,
     )

@@ -133,7 +133,7 @@ class EmulatorServer:
 
 def _credential_names(provider: str) -> list[str]:
     codec = PROVIDERS[provider]
-    return [*([codec.ACCOUNT_ENV] if hasattr(codec, "ACCOUNT_ENV") else []), codec.KEY_ENV]
+    return [*([codec.ACCOUNT_ENV] if codec.ACCOUNT_ENV else []), codec.KEY_ENV]
 
 
 def start_unless_configured(

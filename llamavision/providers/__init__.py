@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from llamavision.providers import openai_compat, workers_ai
+from llamavision.providers.codec import Codec, StreamParser
 
-PROVIDERS: dict[str, ModuleType] = {
+PROVIDERS: dict[str, Codec] = {
     openai_compat.NAME: openai_compat,
     workers_ai.NAME: workers_ai,
 }
 
-__all__ = ["PROVIDERS", "openai_compat", "workers_ai"]
+__all__ = ["PROVIDERS", "Codec", "StreamParser", "openai_compat", "workers_ai"]

@@ -5,13 +5,16 @@ Pure functions, no I/O. Every detail of this wire format lives here and nowhere 
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from llamavision.errors import (
+    ErrorKind,
+    InsufficientCreditsError,
     LlamaVisionError,
     MalformedResponseError,
+    QuotaExceededError,
     parse_retry_after,
     status_error,
 )
@@ -21,29 +24,45 @@ from llamavision.messages import (
     ChatResult,
     FinishReason,
     Image,
+    InvalidToolCall,
     Message,
     Price,
     StreamDelta,
     Text,
+    ToolCall,
     ToolCallChunk,
     ToolResult,
     Usage,
     make_tool_call,
     split_tool_calls,
 )
-from llamavision.providers._common import clip, decode_error_body, drop_unsupported, load_event
+from llamavision.providers._common import (
+    as_json_text,
+    as_list,
+    as_mapping,
+    as_text,
+    clip,
+    decode_error_body,
+    drop_unsupported,
+    load_event,
+    malformed,
+    parse_usage,
+)
 
 NAME = "aigateway"
 DEFAULT_BASE_URL = "https://api.aigateway.sh/v1"
 DEFAULT_MODEL = "meta/llama-3.2-11b-vision-instruct"
 KEY_ENV = "AIGATEWAY_API_KEY"
+ACCOUNT_ENV = None
 CONTEXT_WINDOW = 128_000
 MAX_OUTPUT_TOKENS = 4_096
+"""Also the ``max_tokens`` sent when the caller sets none: OpenAI-compatible fronts of
+Workers AI (Cloudflare's ``/ai/v1``) otherwise cut answers at 256 tokens."""
 PRICE = Price(input_per_million=0.049, output_per_million=0.680)
 FETCHES_IMAGE_URLS = True
 REQUEST_ID_HEADER = "x-request-id"
 PATH = "/chat/completions"
-_SAMPLING = ("temperature", "top_p", "max_tokens", "seed", "frequency_penalty", "presence_penalty")
+_SAMPLING = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -51,6 +70,13 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+_QUOTA_CODES = frozenset({"insufficient_quota"})
+_CREDIT_CODES = frozenset({"insufficient_credits", "insufficient_balance"})
+_PREFIXED_CODE = re.compile(r"^\s*(\d{4,5})\s*:")  # "4006: you have used up ..." (Cloudflare)
+QUOTA_HINT = (
+    "The account's daily allocation is used up and retrying will not help: wait for the "
+    "daily reset or upgrade the plan, then run again."
+)
 
 
 def build_payload(request: ChatRequest) -> tuple[str, dict[str, Any]]:
@@ -59,6 +85,7 @@ def build_payload(request: ChatRequest) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {
         "model": request.model,
         "messages": [_message(m) for m in request.messages],
+        "max_tokens": params.max_tokens or MAX_OUTPUT_TOKENS,
     }
     for name in _SAMPLING:
         value = getattr(params, name)
@@ -74,7 +101,13 @@ def build_payload(request: ChatRequest) -> tuple[str, dict[str, Any]]:
             "json_schema": dict(params.response_format),
         }
     drop_unsupported(NAME, params, ("top_k", "repetition_penalty"))
-    if request.tools:
+    tools, choice = request.tools, request.tool_choice
+    if tools and choice not in (None, "auto", "none", "required"):
+        # A named choice is sent as "call a tool" with only that tool on offer: servers that
+        # ignore the named form (llama.cpp's does) still end with a call to that tool.
+        tools = tuple(t for t in tools if t.name == choice) or tools
+        choice = "required"
+    if tools:
         body["tools"] = [
             {
                 "type": "function",
@@ -84,21 +117,15 @@ def build_payload(request: ChatRequest) -> tuple[str, dict[str, Any]]:
                     "parameters": dict(t.parameters),
                 },
             }
-            for t in request.tools
+            for t in tools
         ]
-        if request.tool_choice is not None:
-            body["tool_choice"] = _tool_choice(request.tool_choice)
+        if choice is not None:
+            body["tool_choice"] = choice
     if request.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     body.update(params.extra)
     return PATH, body
-
-
-def _tool_choice(choice: str) -> Any:
-    if choice in ("auto", "none", "required"):
-        return choice
-    return {"type": "function", "function": {"name": choice}}
 
 
 def image_url(image: Image) -> str:
@@ -140,58 +167,76 @@ def _message(message: Message) -> dict[str, Any]:
     return {"role": role, "content": content}
 
 
-def parse_result(body: Any) -> ChatResult:
+def license_agreement(model: str) -> None:
+    """OpenAI-compatible servers have no license gate."""
+
+
+def parse_result(body: Any, *, max_tokens: int | None = None) -> ChatResult:
     """Parse a complete (non-streamed) chat completion.
 
     Raises:
         MalformedResponseError: the body is not a chat completion.
 
     """
-    try:
-        choice = body["choices"][0]
-        message = choice["message"]
-        text = message.get("content") or ""
-        calls, invalid = split_tool_calls(
-            make_tool_call(c["id"], c["function"]["name"], c["function"]["arguments"])
-            for c in message.get("tool_calls") or ()
-        )
-    except (KeyError, IndexError, TypeError) as exc:
-        raise MalformedResponseError(
-            f"{NAME} reply is not a chat completion (missing {exc}): {clip(body)}",
-            provider=NAME,
-        ) from exc
+    body = as_mapping(body, NAME, "a reply")
+    choices = as_list(body.get("choices"), NAME, "choices")
+    if not choices:
+        raise malformed(NAME, "a reply without choices (not a chat completion)", body)
+    choice = as_mapping(choices[0], NAME, "a choice")
+    message = as_mapping(choice.get("message"), NAME, "a choice message")
+    calls, invalid = split_tool_calls(
+        _tool_call(i, raw)
+        for i, raw in enumerate(as_list(message.get("tool_calls"), NAME, "tool_calls"))
+    )
     return ChatResult(
-        text=text if isinstance(text, str) else json.dumps(text),
+        text=as_text(message.get("content"), NAME, "message content"),
         tool_calls=calls,
         invalid_tool_calls=invalid,
-        finish_reason=_FINISH.get(choice.get("finish_reason") or ""),
+        finish_reason=_finish_reason(choice.get("finish_reason")),
         usage=parse_usage(body.get("usage")),
         provider=NAME,
-        model=body.get("model"),
-        request_id=body.get("id"),
+        model=_optional_text(body.get("model")),
+        request_id=_optional_text(body.get("id")),
         raw=body,
     )
 
 
-def parse_usage(usage: Any) -> Usage | None:
-    """Read an OpenAI-style usage object (extra keys are ignored)."""
-    if not isinstance(usage, Mapping):
+def _tool_call(position: int, raw: Any) -> ToolCall | InvalidToolCall:
+    call = as_mapping(raw, NAME, "a tool call")
+    function = as_mapping(call.get("function"), NAME, "a tool-call function")
+    name = as_text(function.get("name"), NAME, "a tool name")
+    if not name:
+        raise malformed(NAME, "a tool call without a name", call)
+    call_id = as_text(call.get("id"), NAME, "a tool-call id") or f"call_{position}"
+    return make_tool_call(call_id, name, as_json_text(function.get("arguments")))
+
+
+def _finish_reason(value: Any) -> FinishReason | None:
+    if not value or not isinstance(value, str):
         return None
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(usage.get("total_tokens") or prompt + completion))
+    return _FINISH.get(value, "stop")
+
+
+def _optional_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class StreamParser:
-    """Parses the ``data:`` payloads of one streamed chat completion, in order."""
+    """Parses the ``data:`` payloads of one streamed chat completion, in order.
 
-    __slots__ = ("finish_reason", "model", "request_id", "usage")
+    A tool call's id and name reach the caller once, with its first fragment, whether the
+    server sends them only there (OpenAI) or repeats them in every fragment (llama.cpp's
+    server): frameworks concatenate the fields of fragments.
+    """
+
+    __slots__ = ("announced", "finish_reason", "model", "request_id", "usage")
 
     def __init__(self) -> None:
         self.finish_reason: FinishReason | None = None
         self.usage: Usage | None = None
         self.model: str | None = None
         self.request_id: str | None = None
+        self.announced: dict[int, list[bool]] = {}  # index -> [id sent, name sent]
 
     def feed(self, data: str) -> list[StreamDelta]:
         """Parse one event's data into text and tool-call deltas.
@@ -210,8 +255,8 @@ class StreamParser:
                 f"{NAME} sent an unknown stream event: {clip(data)}", provider=NAME
             )
         if self.request_id is None:
-            self.request_id = chunk.get("id")
-            self.model = chunk.get("model")
+            self.request_id = _optional_text(chunk.get("id"))
+            self.model = _optional_text(chunk.get("model"))
         usage = chunk.get("usage")
         if usage:
             self.usage = parse_usage(usage)
@@ -233,57 +278,88 @@ class StreamParser:
         )
 
 
-def parse_choice_delta(choices: Any, state: StreamParser | Any) -> list[StreamDelta]:
+def stream_parser(*, max_tokens: int | None = None) -> StreamParser:
+    """Return a parser for one stream (the finish reason comes from the server)."""
+    return StreamParser()
+
+
+def parse_choice_delta(choices: Any, state: Any) -> list[StreamDelta]:
     """Turn the ``choices`` of one ``chat.completion.chunk`` into deltas.
 
-    Also used for Cloudflare's OpenAI-shaped events; records the finish reason on ``state``.
+    Also used for Cloudflare's OpenAI-shaped events. ``state`` records the finish reason and
+    which tool calls were announced (it has ``finish_reason`` and ``announced``).
     """
     if not choices:
         return []
-    try:
-        choice = choices[0]
-        delta = choice.get("delta") or {}
-        reason = choice.get("finish_reason")
-        if reason:
-            state.finish_reason = _FINISH.get(reason, "stop")
-        text = delta.get("content") or ""
-        calls = delta.get("tool_calls")
-        if not calls:
-            return [StreamDelta(text=text)] if text else []
-        if len(calls) == 1:
-            chunks: tuple[ToolCallChunk, ...] = (_tool_call_chunk(0, calls[0]),)
-        else:
-            chunks = tuple([_tool_call_chunk(i, c) for i, c in enumerate(calls)])
-    except (AttributeError, IndexError, TypeError) as exc:
-        raise MalformedResponseError(
-            f"malformed stream chunk ({exc}): {clip(choices)}", provider=NAME
-        ) from exc
+    if choices.__class__ is not list:
+        raise malformed(NAME, "choices that are not a list", choices)
+    choice = choices[0]
+    if choice.__class__ is not dict:
+        raise malformed(NAME, "a stream choice that is not an object", choice)
+    delta = choice.get("delta") or {}
+    if delta.__class__ is not dict:
+        raise malformed(NAME, "a stream delta that is not an object", delta)
+    reason = choice.get("finish_reason")
+    if reason:
+        state.finish_reason = _finish_reason(reason) or "stop"
+    text = delta.get("content")
+    if text.__class__ is not str:
+        text = as_text(text, NAME, "streamed content")
+    calls = delta.get("tool_calls")
+    if not calls:
+        return [StreamDelta(text=text)] if text else []
+    if calls.__class__ is not list:
+        raise malformed(NAME, "streamed tool_calls that are not a list", calls)
+    chunks = tuple([_tool_call_chunk(i, c, state.announced) for i, c in enumerate(calls)])
     return [StreamDelta(text=text, tool_call_chunks=chunks)]
 
 
-def _tool_call_chunk(position: int, call: Any) -> ToolCallChunk:
+def _tool_call_chunk(position: int, call: Any, announced: dict[int, list[bool]]) -> ToolCallChunk:
+    if call.__class__ is not dict:
+        raise malformed(NAME, "a streamed tool call that is not an object", call)
     fn = call.get("function") or {}
-    arguments = fn.get("arguments")
-    if arguments is None:
-        arguments = ""
-    elif arguments.__class__ is not str:
-        arguments = json.dumps(arguments, separators=(",", ":"))
-    return ToolCallChunk(call.get("index", position), call.get("id"), fn.get("name"), arguments)
+    if fn.__class__ is not dict:
+        raise malformed(NAME, "a streamed tool-call function that is not an object", fn)
+    index = call.get("index", position)
+    if index.__class__ is not int:
+        raise malformed(NAME, "a streamed tool call whose index is not an integer", call)
+    call_id = call.get("id") or None
+    name = fn.get("name") or None
+    seen = announced.get(index)
+    if seen is None:
+        seen = announced[index] = [False, False]
+    if call_id is not None:
+        call_id = None if seen[0] else as_text(call_id, NAME, "a tool-call id")
+        seen[0] = True
+    if name is not None:
+        name = None if seen[1] else as_text(name, NAME, "a tool name")
+        seen[1] = True
+    return ToolCallChunk(index, call_id, name, as_json_text(fn.get("arguments")))
 
 
-def error_from(status: int, headers: Mapping[str, str], content: bytes) -> LlamaVisionError:
+def error_from(
+    status: int, headers: Mapping[str, str], content: bytes, *, model: str | None = None
+) -> LlamaVisionError:
     """Map an HTTP error reply to a typed exception."""
-    return error_from_body(status, headers, decode_error_body(content))
+    return error_from_body(status, headers, decode_error_body(content), model=model)
 
 
 def error_from_body(
-    status: int, headers: Mapping[str, str], body: Any, *, streaming: bool = False
+    status: int,
+    headers: Mapping[str, str],
+    body: Any,
+    *,
+    streaming: bool = False,
+    model: str | None = None,
 ) -> LlamaVisionError:
     """Map a decoded error body (``{"error": {...}}``) to a typed exception."""
     error = body.get("error") if isinstance(body, Mapping) else None
     if isinstance(error, Mapping):
-        message = str(error.get("message") or error)
+        message = clip(error.get("message") or error, 1000)
         code = error.get("code") or error.get("type")
+        code = code if isinstance(code, (str, int)) and not isinstance(code, bool) else None
+    elif isinstance(error, str):
+        message, code = clip(error, 1000), None
     else:
         message, code = (clip(body) if body else "(empty body)"), None
     if streaming:
@@ -296,4 +372,20 @@ def error_from_body(
         code=code,
         request_id=headers.get(REQUEST_ID_HEADER),
         retry_after=parse_retry_after(headers.get("retry-after")),
+        kind=_kind(code, message),
+        model=model,
     )
+
+
+def _kind(code: Any, message: str) -> ErrorKind | None:
+    """Return what the provider's code says beyond the status, if anything."""
+    if code in _QUOTA_CODES:
+        return QuotaExceededError, QUOTA_HINT
+    if code in _CREDIT_CODES:
+        return InsufficientCreditsError, "Add credits to the account behind {key_env}."
+    prefixed = _PREFIXED_CODE.match(message.removeprefix("error event in the stream: "))
+    if prefixed:  # Cloudflare's OpenAI-compatible route puts Workers AI codes in the message
+        from llamavision.providers import workers_ai  # (it imports this module)
+
+        return workers_ai.ERROR_CODES.get(int(prefixed.group(1)))
+    return None

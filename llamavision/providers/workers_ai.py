@@ -14,10 +14,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from llamavision.errors import (
+    STATUS_ERRORS,
     AuthenticationError,
+    BadRequestError,
+    ErrorKind,
     LicenseAgreementRequiredError,
     LlamaVisionError,
     MalformedResponseError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
+    ServiceUnavailableError,
     parse_retry_after,
     status_error,
 )
@@ -40,7 +48,19 @@ from llamavision.messages import (
     split_tool_calls,
 )
 from llamavision.providers import openai_compat
-from llamavision.providers._common import clip, decode_error_body, drop_unsupported, load_event
+from llamavision.providers._common import (
+    as_count,
+    as_json_text,
+    as_list,
+    as_mapping,
+    as_text,
+    clip,
+    decode_error_body,
+    drop_unsupported,
+    load_event,
+    malformed,
+    parse_usage,
+)
 
 NAME = "cloudflare"
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4/accounts/{account_id}/ai/run"
@@ -49,6 +69,8 @@ KEY_ENV = "CLOUDFLARE_API_TOKEN"
 ACCOUNT_ENV = "CLOUDFLARE_ACCOUNT_ID"
 CONTEXT_WINDOW = 131_000
 MAX_OUTPUT_TOKENS = 4_096
+"""Also the ``max_tokens`` sent when the caller sets none: Workers AI's own default for this
+model is 256, which cuts ordinary answers short without saying so."""
 PRICE = Price(input_per_million=0.24, output_per_million=0.24)
 FETCHES_IMAGE_URLS = False
 REQUEST_ID_HEADER = "cf-ray"
@@ -66,6 +88,31 @@ _SAMPLING = (
     "presence_penalty",
 )
 _EVENT_KEYS = frozenset({"response", "tool_calls", "usage", "choices", "p"})
+_RETRY_LATER = "Try again later or set fallback_providers."
+_ACCESS = "This account may not use the model {model}: check the model id or ask for access."
+_LORA = "Check the lora parameter (this model takes no LoRA adapters, or the adapter is broken)."
+ERROR_CODES: dict[int, ErrorKind] = {
+    # Cloudflare's documented Workers AI errors (developers.cloudflare.com/workers-ai/platform/
+    # errors), with what to do. 3021 is the per-minute limit, seen in the wild (cloudflare/ai
+    # issue 657); 4006 is the daily allocation as Cloudflare's OpenAI-compatible route says it.
+    5007: (NotFoundError, "Check the model id ({model}): Workers AI has no such model."),
+    3042: (NotFoundError, "Check the model id ({model}): it is not a valid Workers AI model."),
+    5004: (BadRequestError, "The image data was rejected: send a JPEG, PNG, WebP or GIF."),
+    3003: (BadRequestError, STATUS_ERRORS[400][1]),
+    3039: (BadRequestError, _LORA),
+    5005: (BadRequestError, _LORA),
+    5019: (BadRequestError, "Check base_url: this route or API version is deprecated."),
+    5018: (PermissionDeniedError, _ACCESS),
+    3041: (PermissionDeniedError, _ACCESS),
+    3023: (PermissionDeniedError, "The account is blocked from Workers AI: contact Cloudflare."),
+    3006: STATUS_ERRORS[413],
+    3007: (ServiceUnavailableError, f"The request timed out at Workers AI. {_RETRY_LATER}"),
+    3008: (ServiceUnavailableError, f"Workers AI aborted the request. {_RETRY_LATER}"),
+    3036: (QuotaExceededError, openai_compat.QUOTA_HINT),
+    4006: (QuotaExceededError, openai_compat.QUOTA_HINT),
+    3040: (ServiceUnavailableError, f"Workers AI is out of capacity. {_RETRY_LATER}"),
+    3021: (RateLimitError, STATUS_ERRORS[429][1]),
+}
 
 
 def path_for(model: str) -> str:
@@ -76,7 +123,10 @@ def path_for(model: str) -> str:
 def build_payload(request: ChatRequest) -> tuple[str, dict[str, Any]]:
     """Build the path (relative to the base URL) and JSON body of a messages-shaped run."""
     params = request.params
-    body: dict[str, Any] = {"messages": _messages(request.messages)}
+    body: dict[str, Any] = {
+        "messages": _messages(request.messages),
+        "max_tokens": params.max_tokens or MAX_OUTPUT_TOKENS,
+    }
     for name in _SAMPLING:
         value = getattr(params, name)
         if value is not None:
@@ -162,16 +212,33 @@ def mint_tool_call_id(index: int, name: str, arguments: Any) -> str:
 
 
 def _tool_call(index: int, raw: Any) -> ToolCall | InvalidToolCall:
-    if isinstance(raw, Mapping) and "function" in raw:  # OpenAI-shaped, seen on newer models
-        raw = {"id": raw.get("id"), **raw["function"]}
-    name = raw["name"]
-    arguments = raw.get("arguments") or {}
-    call_id = raw.get("id") or mint_tool_call_id(index, name, arguments)
+    call = as_mapping(raw, NAME, "a tool call")
+    if "function" in call:  # OpenAI-shaped, seen on newer models
+        call = {"id": call.get("id"), **as_mapping(call["function"], NAME, "a tool call")}
+    name = as_text(call.get("name"), NAME, "a tool name")
+    if not name:
+        raise malformed(NAME, "a tool call without a name", raw)
+    arguments = call.get("arguments")
+    if not isinstance(arguments, Mapping):
+        arguments = as_json_text(arguments)
+    call_id = as_text(call.get("id"), NAME, "a tool-call id") or mint_tool_call_id(
+        index, name, arguments
+    )
     return make_tool_call(call_id, name, arguments)
 
 
-def parse_result(body: Any) -> ChatResult:
+def _length_or(reason: FinishReason, usage: Usage | None, max_tokens: int | None) -> FinishReason:
+    """Workers AI's response-shaped replies carry no finish reason: infer a cut from usage."""
+    if usage is not None and max_tokens and usage.completion_tokens >= max_tokens:
+        return "length"
+    return reason
+
+
+def parse_result(body: Any, *, max_tokens: int | None = None) -> ChatResult:
     """Parse a complete reply: the ``{"result": ..., "success": true}`` envelope.
+
+    ``max_tokens`` is the limit that was sent: an answer that used all of it was cut, and
+    says so with ``finish_reason="length"``.
 
     Raises:
         MalformedResponseError: the body is not such an envelope.
@@ -186,33 +253,27 @@ def parse_result(body: Any) -> ChatResult:
         parsed = openai_compat.parse_result(result)
         parsed.provider, parsed.raw = NAME, body
         return parsed
-    try:
-        calls, invalid = split_tool_calls(
-            _tool_call(i, c) for i, c in enumerate(result.get("tool_calls") or ())
-        )
-    except (KeyError, TypeError) as exc:
-        raise MalformedResponseError(
-            f"{NAME} tool call is malformed (missing {exc}): {clip(result)}",
-            provider=NAME,
-        ) from exc
-    text = _response_text(result.get("response"))
-    finish: FinishReason = "tool_calls" if calls or invalid else "stop"
+    calls, invalid = split_tool_calls(
+        _tool_call(i, c)
+        for i, c in enumerate(as_list(result.get("tool_calls"), NAME, "tool_calls"))
+    )
+    usage = parse_usage(result.get("usage"))
     return ChatResult(
-        text=text,
+        text=_response_text(result.get("response")),
         tool_calls=calls,
         invalid_tool_calls=invalid,
-        finish_reason=finish,
-        usage=openai_compat.parse_usage(result.get("usage")),
+        finish_reason=_length_or("tool_calls" if calls or invalid else "stop", usage, max_tokens),
+        usage=usage,
         provider=NAME,
         raw=body,
     )
 
 
 def _response_text(value: Any) -> str:
-    """Return ``response`` as text: it may be missing, or a JSON value with JSON mode."""
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value)
+    """Return ``response`` as text: it may be missing, a scalar, or a JSON value (JSON mode)."""
+    if isinstance(value, (Mapping, list)):
+        return json.dumps(value)
+    return as_text(value, NAME, "a response")
 
 
 class StreamParser:
@@ -223,13 +284,23 @@ class StreamParser:
     cumulative usage event wins over incremental per-chunk usage, which is never added to it.
     """
 
-    __slots__ = ("_calls", "_final_usage", "_incremental", "finish_reason", "model")
+    __slots__ = (
+        "_calls",
+        "_final_usage",
+        "_incremental",
+        "announced",
+        "finish_reason",
+        "max_tokens",
+        "model",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_tokens: int | None = None) -> None:
         self._calls = 0
         self._final_usage: Usage | None = None
         self._incremental: list[int] | None = None
+        self.announced: dict[int, list[bool]] = {}
         self.finish_reason: FinishReason | None = None
+        self.max_tokens = max_tokens
         self.model: str | None = None
 
     complete = False  # Workers AI marks the end only with [DONE]
@@ -253,33 +324,28 @@ class StreamParser:
                 f"{NAME} sent an unknown stream event: {clip(data)}", provider=NAME
             )
         if "choices" in event:
-            self.model = self.model or event.get("model")
-            usage = openai_compat.parse_usage(event.get("usage"))
+            model = event.get("model")
+            self.model = self.model or (model if isinstance(model, str) else None)
+            usage = parse_usage(event.get("usage"))
             if usage is not None:
                 inc = self._incremental or [0, 0]
                 self._incremental = [inc[0] + usage.prompt_tokens, inc[1] + usage.completion_tokens]
             return openai_compat.parse_choice_delta(event["choices"], self)
-        usage = openai_compat.parse_usage(event.get("usage"))
+        usage = parse_usage(event.get("usage"))
         if usage is not None:
             self._final_usage = usage
         text = _response_text(text)
-        raw_calls = event.get("tool_calls") or ()
+        raw_calls = as_list(event.get("tool_calls"), NAME, "streamed tool_calls")
         if not raw_calls:
             return [StreamDelta(text=text)] if text else []
         chunks = []
-        try:
-            for raw in raw_calls:
-                call = _tool_call(self._calls, raw)
-                arguments = (
-                    call.arguments if isinstance(call, InvalidToolCall) else call.arguments_json()
-                )
-                chunks.append(ToolCallChunk(self._calls, call.id, call.name, arguments))
-                self._calls += 1
-        except (KeyError, TypeError) as exc:
-            raise MalformedResponseError(
-                f"{NAME} streamed a malformed tool call: {clip(data)}",
-                provider=NAME,
-            ) from exc
+        for raw in raw_calls:
+            call = _tool_call(self._calls, raw)
+            arguments = (
+                call.arguments if isinstance(call, InvalidToolCall) else call.arguments_json()
+            )
+            chunks.append(ToolCallChunk(self._calls, call.id, call.name, arguments))
+            self._calls += 1
         return [StreamDelta(text=text, tool_call_chunks=tuple(chunks))]
 
     def finish(self) -> StreamDelta:
@@ -288,25 +354,46 @@ class StreamParser:
         if usage is None and self._incremental is not None:
             prompt, completion = self._incremental
             usage = Usage(prompt, completion, prompt + completion)
-        reason = self.finish_reason or ("tool_calls" if self._calls else "stop")
+        reason = self.finish_reason or _length_or(
+            "tool_calls" if self._calls or self.announced else "stop", usage, self.max_tokens
+        )
         return StreamDelta(finish_reason=reason, usage=usage, provider=NAME, model=self.model)
 
 
-def error_from(status: int, headers: Mapping[str, str], content: bytes) -> LlamaVisionError:
+def stream_parser(*, max_tokens: int | None = None) -> StreamParser:
+    """Return a parser for one stream; ``max_tokens`` is the limit that was sent."""
+    return StreamParser(max_tokens)
+
+
+def error_from(
+    status: int, headers: Mapping[str, str], content: bytes, *, model: str | None = None
+) -> LlamaVisionError:
     """Map an HTTP error reply (the ``{"success": false, "errors": [...]}`` envelope)."""
-    return error_from_body(status, headers, decode_error_body(content))
+    return error_from_body(status, headers, decode_error_body(content), model=model)
 
 
 def error_from_body(
-    status: int, headers: Mapping[str, str], body: Any, *, streaming: bool = False
+    status: int,
+    headers: Mapping[str, str],
+    body: Any,
+    *,
+    streaming: bool = False,
+    model: str | None = None,
 ) -> LlamaVisionError:
-    """Map a decoded Workers AI error body to a typed exception."""
+    """Map a decoded Workers AI error body to a typed exception, by its code, then status."""
     errors = body.get("errors") if isinstance(body, Mapping) else None
     if isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
-        code = errors[0].get("code")
-        message = "; ".join(str(e.get("message", e)) for e in errors)
+        code = as_count(errors[0].get("code"))
+        message = clip(
+            "; ".join(
+                str(e.get("message", e)) if isinstance(e, Mapping) else str(e) for e in errors
+            ),
+            1000,
+        )
     elif isinstance(body, Mapping) and isinstance(body.get("error"), (str, Mapping)):
-        return openai_compat.error_from_body(status, headers, body, streaming=streaming)
+        return openai_compat.error_from_body(
+            status, headers, body, streaming=streaming, model=model
+        )
     else:
         code, message = None, (clip(body) if body else "(empty body)")
     request_id = headers.get(REQUEST_ID_HEADER)
@@ -342,4 +429,6 @@ def error_from_body(
         code=code,
         request_id=request_id,
         retry_after=parse_retry_after(headers.get("retry-after")),
+        kind=ERROR_CODES.get(code) if code is not None else None,
+        model=model,
     )

@@ -68,12 +68,13 @@ def test_openai_request_has_the_chat_completions_shape() -> None:
         conversation(),
         model=oa.DEFAULT_MODEL,
         params=GenerationParams(temperature=0.2, max_tokens=64, stop=("END",), seed=7),
-        tools=(WEATHER,),
+        tools=(WEATHER, Tool("get_time", "The time")),
         tool_choice="get_weather",
         stream=True,
     )
     path, body = oa.build_payload(request)
     assert path == "/chat/completions"
+    # a named choice travels as "required" with only that tool offered (see test_tool_choice_*)
     assert body == {
         "model": "meta/llama-3.2-11b-vision-instruct",
         "messages": [
@@ -112,7 +113,7 @@ def test_openai_request_has_the_chat_completions_shape() -> None:
                 },
             }
         ],
-        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "tool_choice": "required",
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -321,7 +322,11 @@ def test_cloudflare_refuses_remote_urls_and_drops_what_it_lacks() -> None:
                 stream=True,
             )
         )
-    assert body == {"messages": [{"role": "user", "content": "x"}], "stream": True}
+    assert body == {
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": cf.MAX_OUTPUT_TOKENS,  # never Workers AI's silent 256
+        "stream": True,
+    }
 
 
 def test_cloudflare_tool_choice_maps_to_the_offered_tools() -> None:

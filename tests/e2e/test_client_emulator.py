@@ -309,3 +309,24 @@ def test_service_unavailable_surfaces_after_retries(emulator: Emulator) -> None:
     emulator.fail(*[Fault("status", status=503)] * 3)
     with pytest.raises(ServiceUnavailableError, match="fallback_providers"):
         make("aigateway", max_retries=2).chat("hi")
+
+
+def test_emulated_workers_ai_cuts_at_its_default_256_tokens_and_we_never_rely_on_it(
+    emulator: Emulator, emulator_server: Any
+) -> None:
+    import httpx
+
+    long = " ".join(f"w{i}" for i in range(300))
+    emulator.script(Reply(text=long), Reply(text=long))
+    url = emulator_server.url + "/client/v4/accounts/emulator-account/ai/run/"
+    url += "@cf/meta/llama-3.2-11b-vision-instruct"
+    emulator.license_gate = False
+    raw = httpx.post(
+        url,
+        json={"messages": [{"role": "user", "content": "Talk."}]},
+        headers={"Authorization": "Bearer emulator-token"},
+    ).json()["result"]
+    assert len(raw["response"].split()) == 256 and raw["usage"]["completion_tokens"] == 256
+    assert "finish_reason" not in raw  # nothing on the wire says it was cut
+    result = make("cloudflare").chat("Talk.")
+    assert len(result.text.split()) == 300 and result.finish_reason == "stop"

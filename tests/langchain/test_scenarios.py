@@ -24,6 +24,13 @@ from llamavision import (
     StreamInterruptedError,
 )
 from llamavision.emulator import Emulator, EmulatorServer, Fault
+from tests.recorded import (
+    LLAMA_CPP_PYTHON_TOOL_STREAM,
+    LLAMA_SERVER_TOOL_STREAM,
+    NUMERIC_TOKEN_STREAM,
+    TOOL_ID,
+    http_clients,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 PROVIDERS = ["aigateway", "cloudflare"]
@@ -318,3 +325,51 @@ def test_sync_and_async_mix_in_one_process(emulator: Emulator) -> None:
     llm = ChatLlamaVision()
     assert asyncio.run(llm.ainvoke("a")).text and llm.invoke("b").text
     assert asyncio.run(llm.ainvoke("c")).text
+
+
+# --------------------------------------------------------------------------- real servers' quirks
+
+
+@pytest.mark.parametrize(
+    "events",
+    [LLAMA_CPP_PYTHON_TOOL_STREAM, LLAMA_SERVER_TOOL_STREAM],
+    ids=["llama-cpp-python", "llama-server"],
+)
+def test_streamed_tool_calls_merge_right_whatever_the_server_repeats(
+    events: list[dict[str, Any]],
+) -> None:
+    llm = ChatLlamaVision(**http_clients(events))
+    chunks = list(llm.stream("Weather in Oslo?"))
+    merged = sum(chunks[1:], chunks[0])
+    assert isinstance(merged, AIMessageChunk)
+    assert merged.tool_calls == [
+        {"name": "get_weather", "args": {"city": "Oslo"}, "id": TOOL_ID, "type": "tool_call"}
+    ]
+
+    async def astream() -> AIMessageChunk:
+        achunks = [c async for c in llm.astream("Weather in Oslo?")]
+        return sum(achunks[1:], achunks[0])  # type: ignore[return-value]
+
+    assert asyncio.run(astream()).tool_calls == merged.tool_calls
+
+
+def test_numeric_tokens_reach_langchain_as_text() -> None:
+    llm = ChatLlamaVision(streaming=True, **http_clients(NUMERIC_TOKEN_STREAM))
+    tokens = Tokens()
+    chunks = list(llm.stream("Answer?", config={"callbacks": [tokens]}))
+    assert all(isinstance(c.content, str) for c in chunks)
+    assert "".join(tokens.tokens) == "The answer is 42 and 0."
+    assert llm.invoke("Answer?").content == "The answer is 42 and 0."  # streamed and merged
+
+
+def test_an_answer_cut_at_the_output_limit_says_length(emulator: Emulator) -> None:
+    llm = ChatLlamaVision(provider="cloudflare", accept_license=True, max_tokens=5)
+    assert llm.invoke("Describe everything.").response_metadata["finish_reason"] == "length"
+    chunks = list(llm.stream("Describe everything."))
+    assert chunks[-1].response_metadata["finish_reason"] == "length"
+
+
+def test_any_tool_choice_asks_for_some_tool_call(emulator: Emulator) -> None:
+    llm = ChatLlamaVision(max_retries=0).bind_tools([get_weather], tool_choice="any")
+    llm.invoke("Hello there.")
+    assert emulator.requests[-1].body["tool_choice"] == "required"

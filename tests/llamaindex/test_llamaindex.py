@@ -20,6 +20,13 @@ from llamaindex_llamavision import LlamaVision, LlamaVisionMultiModal
 from llamaindex_llamavision.offline import ColourEmbedding
 from llamavision import ImageError, LicenseAgreementRequiredError, StreamInterruptedError
 from llamavision.emulator import Emulator, EmulatorServer, Fault, Reply
+from tests.recorded import (
+    LLAMA_CPP_PYTHON_TOOL_STREAM,
+    LLAMA_SERVER_TOOL_STREAM,
+    NUMERIC_TOKEN_STREAM,
+    TOOL_ID,
+    http_clients,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 PROVIDERS = ["aigateway", "cloudflare"]
@@ -375,3 +382,40 @@ def test_current_multimodal_engine_with_the_chat_llm(llm: LlamaVision, emulator:
     response = engine.query("Show me the red one.")
     assert "640x480 PNG image, mostly white and red" in str(response)
     assert len(emulator.requests[-1].images) == 1
+
+
+# --------------------------------------------------------------------------- real servers' quirks
+
+
+@pytest.mark.parametrize(
+    "events",
+    [LLAMA_CPP_PYTHON_TOOL_STREAM, LLAMA_SERVER_TOOL_STREAM],
+    ids=["llama-cpp-python", "llama-server"],
+)
+def test_streamed_tool_calls_are_right_whatever_the_server_repeats(
+    events: list[dict[str, Any]],
+) -> None:
+    llm = LlamaVision(**http_clients(events))
+    *_, last = llm.stream_chat_with_tools([WEATHER], "Weather in Oslo?")
+    [call] = llm.get_tool_calls_from_response(last)
+    assert (call.tool_id, call.tool_name, call.tool_kwargs) == (
+        TOOL_ID,
+        "get_weather",
+        {"city": "Oslo"},
+    )
+
+
+def test_numeric_tokens_reach_llamaindex_as_text() -> None:
+    llm = LlamaVision(**http_clients(NUMERIC_TOKEN_STREAM))
+    responses = list(llm.stream_chat([ChatMessage(role="user", content="Answer?")]))
+    assert all(isinstance(r.delta, str) for r in responses)
+    assert responses[-1].message.content == "The answer is 42 and 0."
+    assert "".join(r.delta or "" for r in responses) == "The answer is 42 and 0."
+
+
+def test_an_answer_cut_at_the_output_limit_says_length(emulator: Emulator) -> None:
+    llm = LlamaVision(provider="cloudflare", accept_license=True, max_tokens=5)
+    message = [ChatMessage(role="user", content="Describe everything.")]
+    assert llm.chat(message).additional_kwargs["finish_reason"] == "length"
+    *_, last = llm.stream_chat(message)
+    assert last.additional_kwargs["finish_reason"] == "length"

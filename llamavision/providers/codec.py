@@ -1,0 +1,98 @@
+"""The interface every provider codec module offers, checked by mypy.
+
+A codec is a module of pure functions, no I/O: it turns a :class:`ChatRequest` into a request
+body, and reply bodies, stream events and error replies into core types. Adding a provider
+means adding one module that satisfies :class:`Codec` (and one emulator route).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from llamavision.errors import LlamaVisionError
+from llamavision.messages import ChatRequest, ChatResult, Price, StreamDelta
+
+
+class StreamParser(Protocol):
+    """Parses the ``data:`` payloads of one stream, in order (state lives across events)."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stream announced its end before ``[DONE]`` (a finish reason)."""
+
+    def feed(self, data: str) -> list[StreamDelta]:
+        """Parse one event's data into deltas; raise a ``LlamaVisionError`` on garbage."""
+
+    def finish(self) -> StreamDelta:
+        """Return the closing delta: finish reason and usage."""
+
+
+class Codec(Protocol):
+    """What the client needs from a provider module (``openai_compat``, ``workers_ai``).
+
+    The upper-case members are the module's constants (read-only here, so that a module's
+    plain assignments satisfy them).
+    """
+
+    @property
+    def NAME(self) -> str:
+        """The provider's name, as users pass it."""
+
+    @property
+    def DEFAULT_BASE_URL(self) -> str:
+        """The public endpoint (``{account_id}`` is filled in)."""
+
+    @property
+    def DEFAULT_MODEL(self) -> str:
+        """The provider's id of Llama 3.2 11B Vision."""
+
+    @property
+    def KEY_ENV(self) -> str:
+        """The environment variable holding the credential."""
+
+    @property
+    def ACCOUNT_ENV(self) -> str | None:
+        """The environment variable holding the account id, if the URL needs one."""
+
+    @property
+    def CONTEXT_WINDOW(self) -> int:
+        """The model's context window, in tokens."""
+
+    @property
+    def MAX_OUTPUT_TOKENS(self) -> int:
+        """The most output tokens; also sent when the caller sets no limit."""
+
+    @property
+    def PRICE(self) -> Price:
+        """USD per million input and output tokens."""
+
+    @property
+    def FETCHES_IMAGE_URLS(self) -> bool:
+        """Whether the provider fetches http(s) image URLs itself."""
+
+    @property
+    def REQUEST_ID_HEADER(self) -> str:
+        """The response header carrying the provider's request id."""
+
+    def build_payload(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
+        """Return the path (relative to the base URL) and the JSON body of a request."""
+
+    def parse_result(self, body: Any, *, max_tokens: int | None = None) -> ChatResult:
+        """Parse a complete reply; ``max_tokens`` is the limit that was sent."""
+
+    def stream_parser(self, *, max_tokens: int | None = None) -> StreamParser:
+        """Return a parser for one stream; ``max_tokens`` is the limit that was sent."""
+
+    def error_from(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        content: bytes,
+        *,
+        model: str | None = None,
+    ) -> LlamaVisionError:
+        """Map an HTTP error reply to a typed exception; ``model`` is named in hints."""
+
+    def license_agreement(self, model: str) -> tuple[str, dict[str, Any]] | None:
+        """Return the request that accepts the model's license, if the provider has one."""
