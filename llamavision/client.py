@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from llamavision.messages import (
     ToolChoice,
 )
 from llamavision.providers import PROVIDERS, Codec
+from llamavision.ratelimit import RateGovernor, RateStats, Ticket, is_throttle
 
 logger = logging.getLogger("llamavision")
 T = TypeVar("T")
@@ -70,6 +72,7 @@ class Endpoint:
     model: str
     api_key: SecretStr = dataclasses.field(repr=False)
     price: Price
+    governor: RateGovernor = dataclasses.field(default_factory=RateGovernor, compare=False)
 
     def headers(self) -> dict[str, str]:
         """Return the request headers (including the credential)."""
@@ -87,6 +90,7 @@ def make_endpoint(
     base_url: str | None = None,
     model: str | None = None,
     price: Price | None = None,
+    governor: RateGovernor | None = None,
 ) -> Endpoint:
     """Configure one provider from arguments, falling back to the environment.
 
@@ -123,6 +127,7 @@ def make_endpoint(
         model=model or codec.DEFAULT_MODEL,
         api_key=key if isinstance(key, SecretStr) else SecretStr(key),
         price=price or codec.PRICE,
+        governor=governor or RateGovernor(),
     )
 
 
@@ -142,6 +147,12 @@ class LlamaVisionClient:
         max_retries: retries of 429, 500, 502, 503, 504 and connection errors.
         retry_backoff: first backoff in seconds; doubles each retry, with jitter.
         max_retry_wait: longest ``Retry-After`` honoured; a longer one fails over or raises.
+        max_concurrency: most requests in flight at once, per provider, whoever sends them
+            (threads, tasks); ``None`` for no fixed maximum. Halved on a rate-limit answer,
+            then grown back by one per success.
+        rate_limit: requests per minute to stay under, per provider (a token bucket), e.g.
+            Workers AI's published 300; ``None`` to learn the limit from 429 answers. Either
+            way a 429's ``Retry-After`` pauses every caller of this client.
         fallback_providers: providers tried in order (configured from the environment) when
             the previous one fails with a retryable error before anything was streamed.
         accept_license: on Cloudflare, accept Meta's license once if the account has not.
@@ -176,6 +187,8 @@ class LlamaVisionClient:
         max_retries: int = 2,
         retry_backoff: float = 0.5,
         max_retry_wait: float = 60.0,
+        max_concurrency: int | None = None,
+        rate_limit: float | None = None,
         fallback_providers: Sequence[str] = (),
         accept_license: bool = False,
         multi_image: MultiImage = "error",
@@ -189,6 +202,17 @@ class LlamaVisionClient:
                 f"multi_image must be 'error', 'latest' or 'grid', not {multi_image!r}."
             )
         prices = prices or {}
+
+        def governor() -> RateGovernor:
+            try:
+                return RateGovernor(
+                    max_concurrency=max_concurrency,
+                    rate_limit=rate_limit,
+                    max_pause=max_retry_wait,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+
         self.endpoints: tuple[Endpoint, ...] = (
             make_endpoint(
                 provider,
@@ -197,9 +221,12 @@ class LlamaVisionClient:
                 base_url=base_url,
                 model=model,
                 price=prices.get(provider),
+                governor=governor(),
             ),
             *(
-                make_endpoint(name, account_id=account_id, price=prices.get(name))
+                make_endpoint(
+                    name, account_id=account_id, price=prices.get(name), governor=governor()
+                )
                 for name in fallback_providers
             ),
         )
@@ -216,6 +243,7 @@ class LlamaVisionClient:
         self._owns_ahttp = http_async_client is None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._agreed: set[str] = set()
+        self._lock = threading.Lock()
 
     @property
     def provider(self) -> str:
@@ -226,6 +254,12 @@ class LlamaVisionClient:
     def model(self) -> str:
         """The primary provider's model id."""
         return self.endpoints[0].model
+
+    @property
+    def rate_stats(self) -> RateStats:
+        """What rate limiting has cost this client so far, over all its providers."""
+        stats = [ep.governor.stats for ep in self.endpoints]
+        return RateStats(sum(s.rate_limited for s in stats), sum(s.waited for s in stats))
 
     def __repr__(self) -> str:
         return (
@@ -260,7 +294,7 @@ class LlamaVisionClient:
         """
         request = self._request(messages, tools, tool_choice, params, overrides, stream=False)
         messages_for = self._image_resolver(request)
-        return self._retrying(lambda ep: self._chat_once(ep, messages_for(ep)))
+        return self._retrying(lambda ep, ticket: self._chat_once(ep, messages_for(ep), ticket))
 
     def stream(
         self,
@@ -284,7 +318,7 @@ class LlamaVisionClient:
         """
         request = self._request(messages, tools, tool_choice, params, overrides, stream=True)
         messages_for = self._image_resolver(request)
-        opened = self._retrying(lambda ep: self._open_stream(ep, messages_for(ep)))
+        opened = self._retrying(lambda ep, ticket: self._open_stream(ep, messages_for(ep), ticket))
         return opened.deltas()
 
     def close(self) -> None:
@@ -319,8 +353,8 @@ class LlamaVisionClient:
         request = self._request(messages, tools, tool_choice, params, overrides, stream=False)
         messages_for = await self._aimage_resolver(request)
 
-        async def once(ep: Endpoint) -> ChatResult:
-            return await self._achat_once(ep, await messages_for(ep))
+        async def once(ep: Endpoint, ticket: Ticket) -> ChatResult:
+            return await self._achat_once(ep, await messages_for(ep), ticket)
 
         return await self._aretrying(once)
 
@@ -337,8 +371,8 @@ class LlamaVisionClient:
         request = self._request(messages, tools, tool_choice, params, overrides, stream=True)
         messages_for = await self._aimage_resolver(request)
 
-        async def once(ep: Endpoint) -> _AsyncOpenStream:
-            return await self._aopen_stream(ep, await messages_for(ep))
+        async def once(ep: Endpoint, ticket: Ticket) -> _AsyncOpenStream:
+            return await self._aopen_stream(ep, await messages_for(ep), ticket)
 
         opened = await self._aretrying(once)
         async for delta in opened.deltas():
@@ -366,7 +400,9 @@ class LlamaVisionClient:
 
     def _client(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(timeout=self.timeout)
+            with self._lock:  # LangChain's batch calls a fresh client from many threads at once
+                if self._http is None:
+                    self._http = httpx.Client(timeout=self.timeout)
         return self._http
 
     def _aclient(self) -> httpx.AsyncClient:
@@ -412,12 +448,18 @@ class LlamaVisionClient:
         )
 
     def _retry_delay(self, error: LlamaVisionError, attempt: int) -> float | None:
-        """Seconds to wait before retrying the same provider, or ``None`` to stop retrying it."""
+        """Seconds to wait before retrying the same provider, or ``None`` to stop retrying it.
+
+        A rate-limit answer's ``Retry-After`` is waited out by the provider's governor, for
+        every caller at once, so this caller adds no delay of its own.
+        """
         if not error.retryable or attempt >= self.max_retries:
             return None
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
-            return retry_after if retry_after <= self.max_retry_wait else None
+            if retry_after > self.max_retry_wait:
+                return None
+            return 0.0 if is_throttle(error) else retry_after
         backoff = self.retry_backoff * 2**attempt
         return float(backoff * (0.5 + random.random()))
 
@@ -434,49 +476,67 @@ class LlamaVisionClient:
             raise error
         if delay is not None:
             logger.info(
-                "%s failed (%s); retry %d/%d in %.2fs",
+                "%s failed (%s); retry %d/%d %s",
                 ep.provider,
                 type(error).__name__,
                 attempt + 1,
                 self.max_retries,
-                delay,
+                f"in {delay:.2f}s" if delay else "after the shared pause",
             )
         else:
             logger.info("%s failed (%s); failing over", ep.provider, type(error).__name__)
         return delay
 
-    def _retrying(self, once: Callable[[Endpoint], T]) -> T:
+    def _retrying(self, once: Callable[[Endpoint, Ticket], T]) -> T:
+        """Run ``once`` under each provider's governor, retrying and failing over.
+
+        ``once`` releases its ticket when it succeeds (a stream, when it ends); this loop
+        releases it when ``once`` fails.
+        """
         for i, ep in enumerate(self.endpoints):
             attempt = 0
             while True:
+                ticket = ep.governor.acquire()
                 try:
-                    return once(ep)
+                    return once(ep, ticket)
                 except LlamaVisionError as error:
+                    ticket.release(error)
                     delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1)
-                    if delay is None:
-                        break
-                    if delay < 0:
-                        self._agree(ep)
-                        continue
+                except BaseException as exc:
+                    ticket.release(exc)
+                    raise
+                if delay is None:
+                    break
+                if delay < 0:
+                    self._agree(ep)
+                    continue
+                if delay:
                     time.sleep(delay)
-                    attempt += 1
+                attempt += 1
         raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
 
-    async def _aretrying(self, once: Callable[[Endpoint], Awaitable[T]]) -> T:
+    async def _aretrying(self, once: Callable[[Endpoint, Ticket], Awaitable[T]]) -> T:
+        """Async form of :meth:`_retrying`."""
         for i, ep in enumerate(self.endpoints):
             attempt = 0
             while True:
+                ticket = await ep.governor.aacquire()
                 try:
-                    return await once(ep)
+                    return await once(ep, ticket)
                 except LlamaVisionError as error:
+                    ticket.release(error)
                     delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1)
-                    if delay is None:
-                        break
-                    if delay < 0:
-                        await self._aagree(ep)
-                        continue
+                except BaseException as exc:
+                    ticket.release(exc)
+                    raise
+                if delay is None:
+                    break
+                if delay < 0:
+                    await self._aagree(ep)
+                    continue
+                if delay:
                     await asyncio.sleep(delay)
-                    attempt += 1
+                attempt += 1
         raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
 
     def _finish(
@@ -690,19 +750,23 @@ class LlamaVisionClient:
 
     # ----------------------------------------------------------------- one attempt
 
-    def _chat_once(self, ep: Endpoint, prepared: ChatRequest) -> ChatResult:
+    def _chat_once(self, ep: Endpoint, prepared: ChatRequest, ticket: Ticket) -> ChatResult:
         path, body = ep.codec.build_payload(prepared)
         response = _send(
             lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
         )
-        return self._parse_reply(ep, response, body.get("max_tokens"))
+        result = self._parse_reply(ep, response, body.get("max_tokens"))
+        ticket.release()
+        return result
 
-    async def _achat_once(self, ep: Endpoint, prepared: ChatRequest) -> ChatResult:
+    async def _achat_once(self, ep: Endpoint, prepared: ChatRequest, ticket: Ticket) -> ChatResult:
         path, body = ep.codec.build_payload(prepared)
         response = await _asend(
             self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
         )
-        return self._parse_reply(ep, response, body.get("max_tokens"))
+        result = self._parse_reply(ep, response, body.get("max_tokens"))
+        ticket.release()
+        return result
 
     def _parse_reply(
         self, ep: Endpoint, response: httpx.Response, max_tokens: int | None
@@ -722,21 +786,23 @@ class LlamaVisionClient:
         self._finish(ep, result, response.headers)
         return result
 
-    def _open_stream(self, ep: Endpoint, prepared: ChatRequest) -> _OpenStream:
+    def _open_stream(self, ep: Endpoint, prepared: ChatRequest, ticket: Ticket) -> _OpenStream:
         path, body = ep.codec.build_payload(prepared)
         http = self._client()
         req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
         response = _send(lambda: http.send(req, stream=True), ep)
-        opened = _OpenStream(self, ep, response, body.get("max_tokens"))
+        opened = _OpenStream(self, ep, response, body.get("max_tokens"), ticket)
         opened.start()
         return opened
 
-    async def _aopen_stream(self, ep: Endpoint, prepared: ChatRequest) -> _AsyncOpenStream:
+    async def _aopen_stream(
+        self, ep: Endpoint, prepared: ChatRequest, ticket: Ticket
+    ) -> _AsyncOpenStream:
         path, body = ep.codec.build_payload(prepared)
         http = self._aclient()
         req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
         response = await _asend(http.send(req, stream=True), ep)
-        opened = _AsyncOpenStream(self, ep, response, body.get("max_tokens"))
+        opened = _AsyncOpenStream(self, ep, response, body.get("max_tokens"), ticket)
         await opened.start()
         return opened
 
@@ -815,6 +881,9 @@ async def _asend(call: Awaitable[httpx.Response], ep: Endpoint) -> httpx.Respons
         raise _connection_error(ep, exc) from exc
 
 
+_UNFINISHED = RuntimeError("the stream was not read to the end")
+
+
 class _StreamBase:
     """State of one opened stream, shared by the sync and async readers."""
 
@@ -824,10 +893,12 @@ class _StreamBase:
         ep: Endpoint,
         response: httpx.Response,
         max_tokens: int | None,
+        ticket: Ticket,
     ) -> None:
         self.client = client
         self.ep = ep
         self.response = response
+        self.ticket = ticket
         self.parser = ep.codec.stream_parser(max_tokens=max_tokens)
         self.pending: list[StreamDelta] = []
         self.pieces: list[str] = []
@@ -856,6 +927,10 @@ class _StreamBase:
         delta = self.parser.finish()
         self.client._finish(self.ep, delta, self.response.headers)
         return delta
+
+    def settle(self) -> None:
+        """Give the request's slot back: a success only if the stream was read to the end."""
+        self.ticket.release(None if self.done else _UNFINISHED)
 
     def interrupted(self, exc: BaseException) -> StreamInterruptedError:
         text = "".join(self.pieces)
@@ -908,6 +983,7 @@ class _OpenStream(_StreamBase):
                     raise self.interrupted(exc) from exc
         finally:
             self.response.close()
+            self.settle()
 
 
 class _AsyncOpenStream(_StreamBase):
@@ -950,3 +1026,4 @@ class _AsyncOpenStream(_StreamBase):
                     raise self.interrupted(exc) from exc
         finally:
             await self.response.aclose()
+            self.settle()
