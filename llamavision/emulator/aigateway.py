@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from llamavision.emulator.app import (
@@ -54,6 +55,25 @@ def error_response(error: EmulatorError) -> Response:
             }
         },
         {"x-request-id": f"req_{next(_ids)}"},
+    )
+
+
+def account(path: str, headers: Mapping[str, str]) -> str:
+    """Return the caller: AI Gateway limits rates per API key."""
+    return headers.get("authorization", "")
+
+
+def rate_limit_error(per_minute: float) -> EmulatorError:
+    """Return AI Gateway's answer to a request beyond the key's rate limit."""
+    return EmulatorError(
+        429, f"Rate limit reached: {per_minute:g} requests per minute.", "rate_limit_error"
+    )
+
+
+def quota_error() -> EmulatorError:
+    """Return AI Gateway's answer once the account's credits are used up."""
+    return EmulatorError(
+        402, "Insufficient credits: add credits to continue.", "insufficient_credits"
     )
 
 

@@ -16,6 +16,7 @@ import math
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -63,7 +64,9 @@ class Reply:
     provider: str | None = None
 
 
-FaultKind = Literal["status", "delay", "cut", "malformed_json", "unknown_event", "bad_body"]
+FaultKind = Literal[
+    "status", "quota", "delay", "cut", "malformed_json", "unknown_event", "bad_body"
+]
 
 
 @dataclass
@@ -71,10 +74,16 @@ class Fault:
     """A failure injected into the next matching request.
 
     Kinds: ``status`` (answer ``status`` with the provider's error envelope and, if set,
-    ``Retry-After``), ``delay`` (wait ``seconds`` then answer normally), ``cut`` (drop the
-    connection after ``after_events`` stream events), ``malformed_json`` (a stream event, or a
-    reply body, that is not JSON), ``unknown_event`` (a stream event of no known shape) and
-    ``bad_body`` (a 200 reply that is JSON but not the provider's shape).
+    ``Retry-After``), ``quota`` (the provider's used-up-allocation answer: Workers AI's 3036,
+    HTTP 429; AI Gateway's ``insufficient_credits``, HTTP 402), ``delay`` (wait ``seconds``
+    then answer normally), ``cut`` (drop the connection after ``after_events`` stream
+    events), ``malformed_json`` (a stream event, or a reply body, that is not JSON),
+    ``unknown_event`` (a stream event of no known shape) and ``bad_body`` (a 200 reply that is
+    JSON but not the provider's shape).
+
+    A fault is spent by one request, unless ``lasting`` is set: it then answers every
+    matching request for that many seconds after the first (a rate-limit window, a quota
+    used up until :meth:`Emulator.reset`, with ``math.inf``).
     """
 
     kind: FaultKind
@@ -84,6 +93,28 @@ class Fault:
     after_events: int = 1
     message: str = "injected by the emulator"
     provider: str | None = None
+    lasting: float = 0.0
+    _until: float | None = field(default=None, repr=False, compare=False)
+
+
+class TokenBucket:
+    """``per_minute`` requests a minute, refilled continuously, holding at most ``burst``."""
+
+    def __init__(self, per_minute: float, burst: float) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """Take a token (return 0), or return the seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
 
 
 @dataclass
@@ -157,6 +188,15 @@ class Route(Protocol):
     def error_response(self, error: EmulatorError) -> Response:
         """Render an error in the provider's envelope."""
 
+    def account(self, path: str, headers: Mapping[str, str]) -> str:
+        """Return who is calling (an account, or a key), for per-account rate limits."""
+
+    def rate_limit_error(self, per_minute: float) -> EmulatorError:
+        """Return the provider's answer to a request beyond its rate limit."""
+
+    def quota_error(self) -> EmulatorError:
+        """Return the provider's answer once the account's allocation is used up."""
+
 
 class Emulator:
     """An ASGI app that speaks AI Gateway's and Cloudflare Workers AI's wire formats.
@@ -172,6 +212,17 @@ class Emulator:
         license_gate: emulate Cloudflare's one-time license acceptance (error 5016).
         cloudflare_stream_shape: stream ``response``-shaped events (as this model does) or
             OpenAI-style ``choices`` chunks (as newer models on the same route do).
+        rate_limit: requests per minute allowed per account (Cloudflare) or key (AI
+            Gateway), as a token bucket; beyond it, the provider's own 429 with
+            ``Retry-After``. ``None`` for no limit.
+        rate_burst: requests the bucket holds when rested; by default five seconds' worth.
+        keep_requests: how many received requests :attr:`requests` keeps (the latest), so
+            that a long run does not keep every image; :attr:`counters` counts them all.
+
+    Attributes:
+        requests: the latest received model requests, oldest first.
+        counters: ``requests`` (model requests, whatever the answer), ``received`` (those
+            the model answered) and ``rate_limited`` (refused by the rate limit).
 
     """
 
@@ -182,6 +233,9 @@ class Emulator:
         cloudflare_token: str = DEFAULT_CLOUDFLARE_TOKEN,
         license_gate: bool = True,
         cloudflare_stream_shape: Literal["response", "choices"] = "response",
+        rate_limit: float | None = None,
+        rate_burst: float | None = None,
+        keep_requests: int = 1000,
     ) -> None:
         from llamavision.emulator import aigateway, cloudflare
 
@@ -189,10 +243,16 @@ class Emulator:
         self.license_gate = license_gate
         self.cloudflare_stream_shape = cloudflare_stream_shape
         self.agreed_accounts: set[str] = set()
-        self.requests: list[Received] = []
+        self.requests: deque[Received] = deque(maxlen=keep_requests)
         self._replies: list[Reply] = []
         self._faults: list[Fault] = []
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self.counters = {"requests": 0, "received": 0, "rate_limited": 0}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._hold: tuple[int, threading.Event] | None = None
         self._inflight = 0
         self._hosted: dict[str, tuple[bytes, str]] = {}
         self._routes: tuple[Route, ...] = (aigateway, cloudflare)
@@ -219,20 +279,43 @@ class Emulator:
         return f"/images/{name}"
 
     def reset(self, drain_timeout: float = 5.0) -> None:
-        """Forget queued replies and faults, received requests and license acceptances.
+        """Forget what tests queued and what was received: start afresh.
 
-        Waits first (up to ``drain_timeout`` seconds) for requests still being served, so that
-        a slow request of one test cannot take a reply queued by the next.
+        Clears replies and faults, received requests, counters, rate-limit buckets, holds and
+        license acceptances. Waits first (up to ``drain_timeout`` seconds) for requests still
+        being served, so that a slow request of one test cannot take a reply queued by the next.
         """
-        deadline = time.monotonic() + drain_timeout
-        while self._inflight and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with self._lock:
+        with self._changed:
+            if self._hold is not None:
+                self._hold[1].set()
+            self._changed.wait_for(lambda: not self._inflight, drain_timeout)
             self._replies.clear()
             self._faults.clear()
             self.requests.clear()
             self.agreed_accounts.clear()
             self._hosted.clear()
+            self._buckets.clear()
+            self._hold = None
+            self.counters = dict.fromkeys(self.counters, 0)
+
+    def hold(self, after: int) -> threading.Event:
+        """Hold every model request after the first ``after`` until the event is set.
+
+        Held requests have been received (they count in :attr:`requests`) but get no answer
+        yet: a test can act while a client is known to be waiting, with no timing involved.
+        """
+        release = threading.Event()
+        with self._lock:
+            self._hold = (after, release)
+        return release
+
+    def wait_for_requests(self, count: int, timeout: float = 30.0) -> bool:
+        """Wait until ``count`` model requests have been received; return whether they were.
+
+        ``timeout`` only bounds a failing test: nothing here depends on timing.
+        """
+        with self._changed:
+            return self._changed.wait_for(lambda: self.counters["received"] >= count, timeout)
 
     def _take(self, queue: list[Any], provider: str) -> Any:
         with self._lock:
@@ -242,14 +325,40 @@ class Emulator:
         return None
 
     def take_fault(self, provider: str) -> Fault | None:
-        """Pop the next fault for ``provider``, if any."""
-        fault: Fault | None = self._take(self._faults, provider)
-        return fault
+        """Take the next fault for ``provider``, if any (a lasting one stays while it lasts)."""
+        now = time.monotonic()
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if fault.provider not in (None, provider):
+                    continue
+                if fault._until is not None and now >= fault._until:
+                    del self._faults[i]
+                    continue
+                if fault.lasting and fault._until is None:
+                    fault._until = now + fault.lasting
+                if fault._until is None:
+                    del self._faults[i]
+                return fault
+        return None
 
     def record(self, received: Received) -> None:
         """Remember a received request."""
-        with self._lock:
+        with self._changed:
             self.requests.append(received)
+            self.counters["received"] += 1
+            self._changed.notify_all()
+
+    def _over_rate(self, route: Route, path: str, headers: Mapping[str, str]) -> float:
+        """Take a token from the caller's bucket: 0, or the seconds until one is due."""
+        if self.rate_limit is None:
+            return 0.0
+        key = (route.NAME, route.account(path, headers))
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None or bucket.rate != self.rate_limit / 60.0:
+                burst = self.rate_burst or max(1.0, self.rate_limit / 12.0)
+                bucket = self._buckets[key] = TokenBucket(self.rate_limit, burst)
+            return bucket.take()
 
     # ------------------------------------------------------------------ answers
 
@@ -296,12 +405,15 @@ class Emulator:
             if not message.get("more_body"):
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        self._inflight += 1
+        with self._lock:
+            self._inflight += 1
         try:
             response = await self.handle(scope["method"], scope["path"], headers, b"".join(chunks))
             await _send(response, send)
         finally:
-            self._inflight -= 1
+            with self._changed:
+                self._inflight -= 1
+                self._changed.notify_all()
 
     async def handle(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
@@ -329,19 +441,33 @@ class Emulator:
             )
         if method != "POST":
             return route.error_response(EmulatorError(405, f"{method} is not allowed here"))
+        with self._lock:
+            self.counters["requests"] += 1
         fault = self.take_fault(route.NAME)
         if fault is not None and fault.kind == "delay":
             await asyncio.sleep(fault.seconds)
             fault = None
-        if fault is not None and fault.kind == "status":
-            response = route.error_response(EmulatorError(fault.status, fault.message))
+        if fault is not None and fault.kind in ("status", "quota"):
+            error = route.quota_error() if fault.kind == "quota" else None
+            response = route.error_response(error or EmulatorError(fault.status, fault.message))
             if fault.retry_after is not None:
                 response.headers["retry-after"] = fault.retry_after
+            return response
+        wait = self._over_rate(route, path, headers)
+        if wait:
+            with self._lock:
+                self.counters["rate_limited"] += 1
+            assert self.rate_limit is not None
+            response = route.error_response(route.rate_limit_error(self.rate_limit))
+            response.headers["retry-after"] = str(max(1, math.ceil(wait)))
             return response
         try:
             response = route.handle(self, path, dict(headers), body)
         except EmulatorError as exc:
             response = route.error_response(exc)
+        hold = self._hold
+        if hold is not None and response.answered and self.counters["received"] > hold[0]:
+            await asyncio.to_thread(hold[1].wait)
         if fault is not None and not response.answered:
             with self._lock:  # not spent: it applies to the next real answer
                 self._faults.insert(0, fault)

@@ -6,6 +6,7 @@ import base64
 import itertools
 import json
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from llamavision.emulator.app import (
@@ -65,6 +66,27 @@ def error_response(error: EmulatorError) -> Response:
             "messages": [],
         },
         {"cf-ray": f"emu{next(_ids):08x}-LHR"},
+    )
+
+
+def account(path: str, headers: Mapping[str, str]) -> str:
+    """Return the caller: Workers AI limits rates per account."""
+    match = ROUTE.match(path)
+    return match.group(1) if match else ""
+
+
+def rate_limit_error(per_minute: float) -> EmulatorError:
+    """Return Workers AI's answer beyond the per-minute limit (code 3021, seen in the wild)."""
+    return EmulatorError(429, "rate limiting: inference request per min rate reached", 3021)
+
+
+def quota_error() -> EmulatorError:
+    """Return Workers AI's answer once the daily free allocation is used up (3036)."""
+    return EmulatorError(
+        429,
+        "You have used up your daily free allocation of 10,000 neurons. Please upgrade to "
+        "Cloudflare's Workers Paid plan if you would like to continue usage.",
+        3036,
     )
 
 

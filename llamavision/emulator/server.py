@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, TextIO
 
-from llamavision.emulator.app import DEFAULT_ACCOUNT_ID, Emulator
+from llamavision.emulator.app import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_AIGATEWAY_KEY,
+    DEFAULT_CLOUDFLARE_TOKEN,
+    Emulator,
+)
 from llamavision.errors import ConfigurationError
 from llamavision.providers import PROVIDERS
 
@@ -32,6 +38,8 @@ class EmulatorServer:
 
     Use it as a context manager; :meth:`env` gives the environment variables that point
     :class:`~llamavision.LlamaVisionClient` (and the framework classes) at it.
+    ``rate_limit`` limits each account to that many requests per minute (see
+    :class:`~llamavision.emulator.Emulator`).
 
     Example:
         .. code-block:: python
@@ -41,8 +49,16 @@ class EmulatorServer:
 
     """
 
-    def __init__(self, emulator: Emulator | None = None, port: int = 0) -> None:
-        self.emulator = emulator or Emulator()
+    def __init__(
+        self,
+        emulator: Emulator | None = None,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        rate_limit: float | None = None,
+    ) -> None:
+        self.emulator = emulator or Emulator(rate_limit=rate_limit)
+        self.host = host
         self._requested_port = port
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -51,7 +67,7 @@ class EmulatorServer:
     @property
     def url(self) -> str:
         """The server's root URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def aigateway_base_url(self) -> str:
@@ -65,13 +81,7 @@ class EmulatorServer:
 
     def env(self) -> dict[str, str]:
         """Return the environment variables that select this emulator and its keys."""
-        return {
-            "AIGATEWAY_API_KEY": self.emulator.keys["aigateway"],
-            "AIGATEWAY_BASE_URL": self.aigateway_base_url,
-            "CLOUDFLARE_API_TOKEN": self.emulator.keys["cloudflare"],
-            "CLOUDFLARE_ACCOUNT_ID": DEFAULT_ACCOUNT_ID,
-            "CLOUDFLARE_BASE_URL": self.cloudflare_base_url,
-        }
+        return emulator_env(self.url, self.emulator.keys)
 
     @contextmanager
     def patched_env(self) -> Iterator[None]:
@@ -92,25 +102,40 @@ class EmulatorServer:
         uvicorn = _uvicorn()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._requested_port))
+        sock.bind((self.host, self._requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.emulator, log_level="critical", lifespan="off", timeout_graceful_shutdown=1
         )
-        self._server = uvicorn.Server(config)
+        started = threading.Event()
+
+        class Server(uvicorn.Server):  # type: ignore[misc,name-defined]
+            async def startup(self, sockets: Any = None) -> None:
+                try:
+                    await super().startup(sockets=sockets)
+                finally:
+                    started.set()
+
+        self._server = Server(config)
         self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            daemon=True,
-            name="llamavision-emulator",
+            target=self._run, args=(sock, started), daemon=True, name="llamavision-emulator"
         )
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the emulator did not start")
-            time.sleep(0.01)
+        started.wait()
+        if not self._server.started:
+            raise RuntimeError(f"the emulator did not start on {self.url}")
         return self
+
+    def _run(self, sock: socket.socket, started: threading.Event) -> None:
+        try:
+            self._server.run(sockets=[sock])
+        finally:
+            started.set()  # a server that failed before starting must not hang start()
+
+    def wait(self) -> None:
+        """Block until the server stops (or the caller is interrupted)."""
+        if self._thread is not None:
+            self._thread.join()
 
     def stop(self) -> None:
         """Stop serving and wait for the thread to end."""
@@ -120,6 +145,78 @@ class EmulatorServer:
             self._thread.join(timeout=5)
 
     def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def emulator_env(url: str, keys: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the environment variables that point clients at an emulator at ``url``."""
+    keys = keys or {"aigateway": DEFAULT_AIGATEWAY_KEY, "cloudflare": DEFAULT_CLOUDFLARE_TOKEN}
+    return {
+        "AIGATEWAY_API_KEY": keys["aigateway"],
+        "AIGATEWAY_BASE_URL": f"{url}/v1",
+        "CLOUDFLARE_API_TOKEN": keys["cloudflare"],
+        "CLOUDFLARE_ACCOUNT_ID": DEFAULT_ACCOUNT_ID,
+        "CLOUDFLARE_BASE_URL": f"{url}/client/v4/accounts/{{account_id}}/ai/run",
+    }
+
+
+class EmulatorProcess:
+    """The emulator in its own process (``llamavision emulator --port 0``), for load tests.
+
+    A client measured against it shares no CPU, memory or GIL with the emulator. Use it as a
+    context manager; :meth:`env` points clients at it.
+
+    Args:
+        rate_limit: requests per minute allowed per account (``--rate-limit``).
+        license_gate: emulate Cloudflare's license acceptance.
+
+    """
+
+    def __init__(self, *, rate_limit: float | None = None, license_gate: bool = True) -> None:
+        self.args = [sys.executable, "-m", "llamavision.cli", "emulator", "--port", "0"]
+        if rate_limit is not None:
+            self.args += ["--rate-limit", str(rate_limit)]
+        if not license_gate:
+            self.args.append("--no-license-gate")
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> EmulatorProcess:
+        """Start the process; return once it says it accepts requests."""
+        self.process = subprocess.Popen(
+            self.args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stderr is not None
+        said = []
+        for line in self.process.stderr:  # blocks until the server says it is ready
+            said.append(line)
+            if line.startswith("llamavision emulator ready at "):
+                self.url = line.rsplit(" ", 1)[-1].strip()
+                break
+        else:
+            raise RuntimeError("the emulator process did not start: " + "".join(said))
+        threading.Thread(target=self.process.stderr.read, daemon=True).start()  # drain
+        return self
+
+    def env(self) -> dict[str, str]:
+        """Return the environment variables that select this emulator and its keys."""
+        return emulator_env(self.url)
+
+    def stop(self) -> None:
+        """Stop the process."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
+
+    def __enter__(self) -> EmulatorProcess:
         return self.start()
 
     def __exit__(
@@ -158,8 +255,32 @@ def start_unless_configured(
     return server
 
 
-def serve(port: int = 8799, host: str = "127.0.0.1", *, license_gate: bool = True) -> None:
-    """Serve the emulator in the foreground until interrupted (``llamavision emulator``)."""
-    _uvicorn().run(
-        Emulator(license_gate=license_gate), host=host, port=port, log_level="info", lifespan="off"
-    )
+def serve(
+    port: int = 8799,
+    host: str = "127.0.0.1",
+    *,
+    license_gate: bool = True,
+    rate_limit: float | None = None,
+    announce: TextIO | None = None,
+) -> None:
+    """Serve the emulator until interrupted (``llamavision emulator``).
+
+    Once it accepts requests, writes ``llamavision emulator ready at URL`` (the real port when
+    ``port`` is 0) and how to point clients at it to ``announce`` (default: stderr).
+    """
+    emulator = Emulator(license_gate=license_gate, rate_limit=rate_limit)
+    with EmulatorServer(emulator, port, host=host) as server:
+        stream = announce or sys.stderr
+        print(f"llamavision emulator ready at {server.url}", file=stream)
+        print(
+            "Point clients at it with:\n"
+            f"  export AIGATEWAY_BASE_URL={server.aigateway_base_url} "
+            f"AIGATEWAY_API_KEY={emulator.keys['aigateway']}\n"
+            f"  export CLOUDFLARE_BASE_URL='{server.cloudflare_base_url}' "
+            f"CLOUDFLARE_ACCOUNT_ID={DEFAULT_ACCOUNT_ID} "
+            f"CLOUDFLARE_API_TOKEN={emulator.keys['cloudflare']}",
+            file=stream,
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            server.wait()

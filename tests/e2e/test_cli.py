@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from PIL import Image as PILImage
 
 from llamavision.captions import load_captions
 from llamavision.cli import main
-from llamavision.emulator import Emulator, Fault, Reply
+from llamavision.emulator import Emulator, EmulatorProcess, Fault, Reply
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -119,7 +118,7 @@ def test_interrupted_caption_resumes_without_redoing_or_losing_work(
     for i in range(6):
         PILImage.new("RGB", (50, 50), (i * 40, 0, 0)).save(folder / f"extra-{i}.png")
     total = len(list(folder.iterdir()))
-    emulator.fail(*[Fault("delay", seconds=0.4)] * total)
+    release = emulator.hold(after=2)  # the third request waits until the test says so
     out = tmp_path / "captions.jsonl"
     command = [
         sys.executable,
@@ -133,15 +132,18 @@ def test_interrupted_caption_resumes_without_redoing_or_losing_work(
         "1",
     ]
     proc = subprocess.Popen(command, env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while len(load_captions(out)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
+    try:
+        # With one worker, two captions are written before the third request is sent.
+        assert emulator.wait_for_requests(3), "the caption run never sent its third request"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        release.set()
+        proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Run the same command again" in err
     first = load_captions(out)
-    assert 2 <= len(first) < total
+    assert len(first) == 2
 
     emulator.reset()
     code, _, err = run("caption", str(folder), "--out", str(out))
@@ -153,41 +155,26 @@ def test_interrupted_caption_resumes_without_redoing_or_losing_work(
     assert f"{len(first)} already done" in err
 
 
-def test_emulator_command_serves_both_providers(tmp_path: Path) -> None:
-    import socket
+def test_emulator_command_serves_both_providers() -> None:
+    import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamavision.cli", "emulator", "--port", str(port)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                reply = httpx.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions",
-                    headers={"Authorization": "Bearer emulator-key"},
-                    json={
-                        "model": "meta/llama-3.2-11b-vision-instruct",
-                        "messages": [{"role": "user", "content": "hi"}],
-                    },
-                )
-                break
-            except httpx.ConnectError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with EmulatorProcess() as server:  # `llamavision emulator --port 0`, ready when it says so
+        reply = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            headers={"Authorization": "Bearer emulator-key"},
+            json={
+                "model": "meta/llama-3.2-11b-vision-instruct",
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
         assert reply.status_code == 200
         assert "synthetic" in reply.json()["choices"][0]["message"]["content"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        cf = httpx.post(
+            f"{server.url}/client/v4/accounts/a/ai/run/@cf/meta/llama-3.2-11b-vision-instruct",
+            headers={"Authorization": "Bearer emulator-token"},
+            json={"prompt": "agree"},
+        )
+        assert cf.status_code == 200 and "Thank you" in cf.json()["result"]["response"]
 
 
 def test_scripted_reply_reaches_the_terminal(emulator: Emulator) -> None:
