@@ -1,9 +1,15 @@
 """Caption many images concurrently into a resumable JSONL file, ready for image RAG.
 
-Each finished caption is appended and flushed at once, keyed by the SHA-256 of the image's
-bytes, so an interrupted run loses nothing and a re-run only does what is left. Each line is
-``{"image_path", "sha256", "caption", "provider", "model", "prompt_tokens",
+Images stream through a fixed number of workers: a file is read (once) only when a worker takes
+it, so memory holds about ``concurrency`` images whatever the size of the collection. Each
+finished caption is appended and flushed at once, keyed by the SHA-256 of the image's bytes, so
+an interrupted run loses nothing and a re-run only does what is left. Each line is
+``{"image_path", "sha256", "caption", "provider", "model", "finish_reason", "prompt_tokens",
 "completion_tokens", "cost_usd"}``: ``caption`` is the text to index, the rest is metadata.
+
+Rate limits are the client's business (its governor pauses every worker on a 429 and paces
+them); an error that every later image would meet too (quota, credentials, licence, unknown
+model) stops the run at once, keeping what is done.
 """
 
 from __future__ import annotations
@@ -13,14 +19,14 @@ import glob
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llamavision.client import LlamaVisionClient
 from llamavision.errors import LlamaVisionError
-from llamavision.messages import Message
+from llamavision.messages import ChatResult, Message
 
 DEFAULT_PROMPT = (
     "Write one detailed paragraph describing this image for a search index: the main "
@@ -31,7 +37,22 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 
 @dataclass
 class CaptionSummary:
-    """What a captioning run did."""
+    """What a captioning run did.
+
+    Attributes:
+        captioned: images captioned by this run.
+        skipped: images already in the output (same bytes), not sent again.
+        failures: image path -> why it failed (unreadable, rejected...).
+        prompt_tokens: input tokens used by this run.
+        completion_tokens: output tokens used by this run.
+        cost: USD spent by this run, from the client's prices.
+        seconds: wall-clock duration.
+        rate_limited: requests answered HTTP 429 (each was retried).
+        rate_wait: seconds during which requests were held back for rate limits.
+        interrupted: the run was interrupted (Ctrl+C); run it again to finish.
+        stopped: the account-level error that ended the run early, if any.
+
+    """
 
     captioned: int = 0
     skipped: int = 0
@@ -40,12 +61,32 @@ class CaptionSummary:
     completion_tokens: int = 0
     cost: float = 0.0
     seconds: float = 0.0
+    rate_limited: int = 0
+    rate_wait: float = 0.0
     interrupted: bool = False
+    stopped: LlamaVisionError | None = None
 
     @property
     def total(self) -> int:
         """Images considered: captioned now, already done, or failed."""
         return self.captioned + self.skipped + len(self.failures)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the summary as plain JSON-ready data."""
+        return {
+            "captioned": self.captioned,
+            "skipped": self.skipped,
+            "failed": len(self.failures),
+            "failures": dict(self.failures),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost,
+            "seconds": self.seconds,
+            "rate_limited": self.rate_limited,
+            "rate_wait_seconds": self.rate_wait,
+            "interrupted": self.interrupted,
+            "stopped": None if self.stopped is None else str(self.stopped),
+        }
 
 
 def find_images(pattern: str | Path) -> list[Path]:
@@ -58,18 +99,54 @@ def find_images(pattern: str | Path) -> list[Path]:
     return sorted(p for p in files if p.is_file())
 
 
-def load_captions(out: str | Path) -> list[dict[str, Any]]:
-    """Read a captions JSONL file (a missing file is empty; a torn last line is ignored)."""
+def iter_captions(out: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield the records of a captions JSONL file, one line at a time.
+
+    A missing file yields nothing; a torn last line (a hard kill mid-write) is skipped, and
+    its image is simply captioned again.
+    """
     path = Path(out)
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a hard kill: that image is simply captioned again
-    return records
+        return
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def load_captions(out: str | Path) -> list[dict[str, Any]]:
+    """Read every record of a captions JSONL file (see :func:`iter_captions`)."""
+    return list(iter_captions(out))
+
+
+def read_image(path: Path) -> tuple[bytes, str]:
+    """Read a file once: its bytes and their SHA-256 (the resume key)."""
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def caption_record(path: str | Path, digest: str, result: ChatResult) -> dict[str, Any]:
+    """Build the JSONL record of one captioned image."""
+    usage = result.usage
+    return {
+        "image_path": str(path),
+        "sha256": digest,
+        "caption": result.text.strip(),
+        "provider": result.provider,
+        "model": result.model,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "cost_usd": result.cost,
+    }
+
+
+class _Stop(Exception):
+    """Raised by a worker to end the run on an account-level error."""
 
 
 async def caption_images(
@@ -85,16 +162,19 @@ async def caption_images(
     """Caption images concurrently, appending one JSON line per finished image.
 
     Images whose bytes were already captioned in ``out`` are skipped. A failing image is
-    recorded in the summary with its reason and does not stop the run.
+    recorded in the summary with its reason and does not stop the run; an account-level
+    error (see :attr:`~llamavision.LlamaVisionError.account_level`) does: the summary's
+    ``stopped`` says why, and running again after the fix resumes.
 
     Args:
-        images: image paths.
+        images: image paths; any iterable, read lazily (a generator works).
         out: the JSONL file to append to (created if missing).
-        client: the client to use (its retries absorb rate limits).
+        client: the client to use; its governor shares rate limits among the workers.
         prompt: the instruction sent with each image.
-        concurrency: requests in flight at once.
+        concurrency: workers, hence images in memory and requests in flight at most.
         max_tokens: the longest caption, in tokens.
-        on_progress: called after each image with the summary so far and the number to do.
+        on_progress: called after each image with the summary so far and the number of
+            images in total (0 when ``images`` has no length).
 
     Returns:
         The run's :class:`CaptionSummary`.
@@ -102,58 +182,71 @@ async def caption_images(
     """
     started = time.monotonic()
     summary = CaptionSummary()
-    done = {r.get("sha256") for r in load_captions(out)}
-    todo: list[tuple[Path, bytes, str]] = []
-    for path in map(Path, images):
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            summary.failures[str(path)] = f"cannot read: {exc.strerror or exc}"
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in done:
-            summary.skipped += 1
-        else:
-            done.add(digest)  # a duplicate file in the same run is captioned once
-            todo.append((path, data, digest))
-    gate = asyncio.Semaphore(max(1, concurrency))
+    done = {r.get("sha256") for r in iter_captions(out)}
+    before = client.rate_stats
+    total = len(images) if isinstance(images, Sized) else 0
+    paths = iter(images)
+
+    def progress() -> None:
+        summary.seconds = time.monotonic() - started
+        stats = client.rate_stats
+        summary.rate_limited = stats.rate_limited - before.rate_limited
+        summary.rate_wait = stats.waited - before.waited
+        if on_progress is not None:
+            on_progress(summary, total)
 
     with Path(out).open("a", encoding="utf-8") as sink:
 
-        async def one(path: Path, data: bytes, digest: str) -> None:
-            async with gate:
-                try:
-                    result = await client.achat(
-                        [Message.user(prompt, image=data)], max_tokens=max_tokens
-                    )
-                except LlamaVisionError as exc:
-                    summary.failures[str(path)] = exc.message
-                else:
-                    usage = result.usage
-                    record = {
-                        "image_path": str(path),
-                        "sha256": digest,
-                        "caption": result.text.strip(),
-                        "provider": result.provider,
-                        "model": result.model,
-                        "prompt_tokens": usage.prompt_tokens if usage else None,
-                        "completion_tokens": usage.completion_tokens if usage else None,
-                        "cost_usd": result.cost,
-                    }
-                    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    sink.flush()
-                    summary.captioned += 1
-                    if usage:
-                        summary.prompt_tokens += usage.prompt_tokens
-                        summary.completion_tokens += usage.completion_tokens
-                    summary.cost += result.cost or 0.0
-                summary.seconds = time.monotonic() - started
-                if on_progress is not None:
-                    on_progress(summary, len(todo))
+        async def caption(path: Path, data: bytes, digest: str) -> None:
+            try:
+                result = await client.achat(
+                    [Message.user(prompt, image=data)], max_tokens=max_tokens
+                )
+            except LlamaVisionError as exc:
+                if exc.account_level:
+                    summary.stopped = exc
+                    raise _Stop from exc
+                summary.failures[str(path)] = exc.message
+                return
+            sink.write(json.dumps(caption_record(path, digest, result), ensure_ascii=False))
+            sink.write("\n")
+            sink.flush()
+            summary.captioned += 1
+            if result.usage:
+                summary.prompt_tokens += result.usage.prompt_tokens
+                summary.completion_tokens += result.usage.completion_tokens
+            summary.cost += result.cost or 0.0
 
+        async def worker() -> None:
+            for item in paths:  # one shared iterator: each image goes to one worker
+                path = Path(item)
+                try:
+                    data, digest = await asyncio.to_thread(read_image, path)
+                except OSError as exc:
+                    summary.failures[str(path)] = f"cannot read: {exc.strerror or exc}"
+                else:
+                    if digest in done:
+                        summary.skipped += 1
+                    else:
+                        done.add(digest)  # a duplicate file in the same run is captioned once
+                        await caption(path, data, digest)
+                    del data
+                progress()
+
+        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
         try:
-            await asyncio.gather(*(one(*item) for item in todo))
+            finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in finished:
+                if not task.cancelled() and isinstance(task.exception(), _Stop):
+                    break
+            else:
+                for task in finished:
+                    task.result()  # an unexpected error: raise it
         except asyncio.CancelledError:
             summary.interrupted = True
-    summary.seconds = time.monotonic() - started
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    progress()
     return summary

@@ -37,7 +37,11 @@ def provider_environment(provider: str, err: TextIO) -> Iterator[None]:
 
 def _client(args: argparse.Namespace) -> LlamaVisionClient:
     return LlamaVisionClient(
-        args.provider, accept_license=args.accept_license, max_retries=args.max_retries
+        args.provider,
+        accept_license=args.accept_license,
+        max_retries=args.max_retries,
+        max_concurrency=getattr(args, "concurrency", None),
+        rate_limit=getattr(args, "rate_limit", None),
     )
 
 
@@ -93,37 +97,44 @@ class Progress:
         self.enabled = stream.isatty()
         self.latest = CaptionSummary()
 
-    def __call__(self, summary: CaptionSummary, todo: int) -> None:
+    def __call__(self, summary: CaptionSummary, total: int) -> None:
         """Redraw after one more image."""
         self.latest = summary
-        if not self.enabled or not todo:
+        if not self.enabled or not total:
             return
-        finished = summary.captioned + len(summary.failures) - self._preexisting
-        rate = finished / summary.seconds if summary.seconds else 0.0
-        eta = (todo - finished) / rate if rate else 0.0
-        filled = int(self.width * finished / todo)
+        sent = summary.captioned + len(summary.failures)
+        finished = sent + summary.skipped
+        rate = sent / summary.seconds if summary.seconds else 0.0
+        eta = (total - finished) / rate if rate else 0.0
+        filled = int(self.width * finished / total)
         self.stream.write(
-            f"\r[{'#' * filled}{'-' * (self.width - filled)}] {finished}/{todo} "
+            f"\r[{'#' * filled}{'-' * (self.width - filled)}] {finished}/{total} "
             f"{rate:.1f} img/s ETA {eta:.0f}s "
         )
         self.stream.flush()
 
-    _preexisting = 0  # failures found before any request (unreadable files)
-
 
 def _report(summary: CaptionSummary, out_path: str, err: TextIO, newline: bool) -> None:
-    state = "interrupted" if summary.interrupted else "done"
+    state = "stopped" if summary.stopped else "interrupted" if summary.interrupted else "done"
     print(
         f"{chr(10) if newline else ''}{state}: {summary.captioned} captioned, "
         f"{summary.skipped} already done, "
         f"{len(summary.failures)} failed in {summary.seconds:.1f}s; "
-        f"{summary.prompt_tokens + summary.completion_tokens:,} tokens, ${summary.cost:.6f}. "
-        f"Captions in {out_path}.",
+        f"{summary.prompt_tokens + summary.completion_tokens:,} tokens, ${summary.cost:.6f}; "
+        f"{summary.rate_limited} answered 429, {summary.rate_wait:.1f}s waiting for rate "
+        f"limits. Captions in {out_path}.",
         file=err,
     )
     for path, why in summary.failures.items():
         print(f"  failed: {path}: {why}", file=err)
-    if summary.interrupted:
+    if summary.stopped is not None:
+        print(
+            f"Stopped early, as every later image would fail the same way: {summary.stopped}\n"
+            "Fix that, then run the same command again: finished captions are kept and only "
+            "the rest is done.",
+            file=err,
+        )
+    elif summary.interrupted:
         print("Run the same command again to caption the rest.", file=err)
 
 
@@ -150,25 +161,27 @@ def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             summary = progress.latest
             summary.interrupted = True
     _report(summary, args.out, err, progress.enabled)
+    if args.json:
+        out.write(json.dumps(summary.as_dict(), indent=2) + "\n")
     if summary.interrupted:
         return 130
+    if summary.stopped is not None:
+        return 1
     return 1 if summary.failures and not summary.captioned and not summary.skipped else 0
 
 
 def _emulator(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from llamavision.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_AIGATEWAY_KEY, serve
-    from llamavision.emulator.app import DEFAULT_CLOUDFLARE_TOKEN
+    from llamavision.emulator import serve
 
-    url = f"http://{args.host}:{args.port}"
-    print(
-        "Point clients at the emulator with:\n"
-        f"  export AIGATEWAY_BASE_URL={url}/v1 AIGATEWAY_API_KEY={DEFAULT_AIGATEWAY_KEY}\n"
-        f"  export CLOUDFLARE_BASE_URL='{url}/client/v4/accounts/{{account_id}}/ai/run' "
-        f"CLOUDFLARE_ACCOUNT_ID={DEFAULT_ACCOUNT_ID} "
-        f"CLOUDFLARE_API_TOKEN={DEFAULT_CLOUDFLARE_TOKEN}",
-        file=err,
+    if args.rate_limit:
+        print(f"Each account may send {args.rate_limit:g} requests per minute.", file=err)
+    serve(
+        args.port,
+        args.host,
+        license_gate=not args.no_license_gate,
+        rate_limit=args.rate_limit,
+        announce=err,
     )
-    serve(args.port, args.host, license_gate=not args.no_license_gate)
     return 0
 
 
@@ -203,19 +216,42 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser("caption", help="caption a folder or glob of images into JSONL")
     cap.add_argument("images", help="a folder, or a glob such as 'photos/**/*.jpg'")
     cap.add_argument("--out", default="captions.jsonl")
-    cap.add_argument("--concurrency", type=int, default=4)
+    cap.add_argument(
+        "--concurrency", type=int, default=4, help="images in flight at once (default 4)"
+    )
+    cap.add_argument(
+        "--rate-limit",
+        type=_positive,
+        metavar="N",
+        help="stay under N requests per minute (e.g. 300, Workers AI's published limit); "
+        "by default the limit is learned from 429 answers",
+    )
     cap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    cap.add_argument("--json", action="store_true", help="also print the summary as JSON on stdout")
     common(cap)
 
     emu = sub.add_parser("emulator", help="serve the provider emulator in the foreground")
-    emu.add_argument("--port", type=int, default=8799)
+    emu.add_argument("--port", type=int, default=8799, help="0 picks a free port")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument(
         "--no-license-gate",
         action="store_true",
         help="do not emulate Cloudflare's license acceptance",
     )
+    emu.add_argument(
+        "--rate-limit",
+        type=_positive,
+        metavar="N",
+        help="allow each account N requests per minute; beyond, the provider's own 429",
+    )
     return parser
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def main(
