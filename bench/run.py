@@ -11,20 +11,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
+from report import RESULTS, Row, machine, table, write_section
 
 ROOT = Path(__file__).resolve().parent
 MODEL_CF = "@cf/meta/llama-3.2-11b-vision-instruct"
@@ -44,16 +43,6 @@ class Config:
     async_calls: int = 500
     concurrency: int = 50
     image_runs: int = 3
-
-
-@dataclass
-class Row:
-    """One measured client in one workload."""
-
-    client: str
-    value: float
-    unit: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def measure(fn: Callable[[], Any], n: int, repeats: int) -> tuple[float, float]:
@@ -680,52 +669,11 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def machine() -> str:
-    """Describe this machine in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
-def table(title: str, rows: list[Row], floor: str | None, note: str = "") -> str:
-    """Render one workload as a markdown table, with ratios to the floor when given."""
-    base = next((r.value for r in rows if floor and r.client.startswith(floor)), None)
-    extras = list(dict.fromkeys(k for r in rows for k in r.extra))
-    head = f"| client | {rows[0].unit} |" + ("" if base is None else " × floor |")
-    head += "".join(f" {k} |" for k in extras)
-    lines = [
-        f"### {title}",
-        "",
-        note,
-        "",
-        head,
-        "|---|---:|" + ("" if base is None else "---:|") + "---:|" * len(extras),
-    ]
-    for r in rows:
-        cells = f"| {r.client} | {r.value:,.2f} |"
-        if base is not None:
-            cells += f" {r.value / base:.2f} |"
-        for k in extras:
-            v = r.extra.get(k)
-            cells += f" {v:,.2f} |" if isinstance(v, float) else f" {'' if v is None else v} |"
-        lines.append(cells)
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run every workload and write the results table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny workloads (a smoke test)")
-    parser.add_argument("--out", default=str(ROOT / "RESULTS.md"))
+    parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--async-sample", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
@@ -821,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         server.kill()
     report = "\n".join(
         [
-            "# Benchmark results",
+            "## Client overhead",
             "",
             f"Machine: {machine()}.  ",
             f"Packages: {versions()}.  ",
@@ -833,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
             *sections,
         ]
     )
-    Path(args.out).write_text(report, encoding="utf-8")
+    write_section("client", report, Path(args.out))
     print(f"wrote {args.out}")
     return 0
 

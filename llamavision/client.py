@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -649,7 +651,7 @@ class LlamaVisionClient:
                 return dataclasses.replace(request, model=ep.model)
 
             return plain
-        local = await asyncio.to_thread(self._local_images, request)
+        local = await _image_work(self._local_images, request)
         downloads: dict[str, ResolvedImage] = {}
 
         async def inline(image: Image) -> ResolvedImage:
@@ -662,7 +664,7 @@ class LlamaVisionClient:
 
         if sum(len(m.images) for m in local) > 1:  # only "grid" leaves several
             grid = [await inline(i) for m in local for i in m.images]
-            local = await asyncio.to_thread(self._apply_policy, local, grid)
+            local = await _image_work(self._apply_policy, local, grid)
 
         async def for_endpoint(ep: Endpoint) -> ChatRequest:
             messages = local
@@ -719,9 +721,7 @@ class LlamaVisionClient:
                         raise self._download_error(url, f"it is over the size limit ({limit} B)")
         except httpx.HTTPError as exc:
             raise self._download_error(url, str(exc) or type(exc).__name__) from exc
-        return await asyncio.to_thread(
-            load_image_bytes, bytes(data), self.image_options, origin=url
-        )
+        return await _image_work(load_image_bytes, bytes(data), self.image_options, origin=url)
 
     # ----------------------------------------------------------------- license
 
@@ -836,6 +836,19 @@ async def asse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
             data.clear()
     if data:
         yield "\n".join(data)
+
+
+_IMAGE_WORKERS = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="llamavision-image")
+
+
+async def _image_work(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run CPU-bound image work (decode, resize, encode) off the event loop.
+
+    One pool per process, as large as the CPU count: more decodes at once would not finish
+    sooner, each only holds a decoded image in memory meanwhile.
+    """
+    call = functools.partial(fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_IMAGE_WORKERS, call)
 
 
 def _map_images(message: Message, fn: Callable[[Image], Image]) -> Message:

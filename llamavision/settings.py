@@ -34,6 +34,12 @@ class LlamaVisionSettings(BaseModel):
     """Seconds per request (default 60)."""
     max_retries: int = 2
     """Retries of 429, 5xx and connection errors, with backoff and ``Retry-After``."""
+    max_concurrency: int | None = None
+    """Most requests in flight at once from this model, across threads and tasks (``batch``,
+    ``abatch``, agents); halved on a rate-limit answer, grown back by one per success."""
+    rate_limit: float | None = None
+    """Requests per minute to stay under (e.g. 300 on Workers AI); ``None`` learns the limit
+    from 429 answers. A 429's ``Retry-After`` pauses every call of this model either way."""
     fallback_providers: list[str] = Field(default_factory=list)
     """Providers to fail over to when one fails with a retryable error."""
     accept_license: bool = False
@@ -72,6 +78,8 @@ class LlamaVisionSettings(BaseModel):
             model=model,
             timeout=60.0 if self.timeout is None else self.timeout,
             max_retries=self.max_retries,
+            max_concurrency=self.max_concurrency,
+            rate_limit=self.rate_limit,
             fallback_providers=self.fallback_providers,
             accept_license=self.accept_license,
             multi_image=self.multi_image,

@@ -1,4 +1,4 @@
-"""The benchmark command runs end to end on a tiny workload (numbers are not checked)."""
+"""The benchmark commands run end to end on tiny workloads (numbers are not checked)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,21 @@ def test_bench_runs_and_writes_the_table(tmp_path: Path) -> None:
     ):
         assert section in table
     assert "ChatLlamaVision, aigateway" in table and "OpenAILike" in table
+
+
+def test_caption_bench_runs_and_writes_its_section(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    out.write_text("# Benchmark results\n\n<!-- client: start -->\nkept\n<!-- client: end -->\n")
+    done = subprocess.run(
+        [sys.executable, "bench/captions.py", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = out.read_text()
+    assert "kept" in table  # the other command's section is left alone
+    for section in ("Throughput and memory", "Against a rate limit", "Client CPU per image"):
+        assert section in table

@@ -373,3 +373,20 @@ def test_any_tool_choice_asks_for_some_tool_call(emulator: Emulator) -> None:
     llm = ChatLlamaVision(max_retries=0).bind_tools([get_weather], tool_choice="any")
     llm.invoke("Hello there.")
     assert emulator.requests[-1].body["tool_choice"] == "required"
+
+
+# --------------------------------------------------------------------------- shared rate limits
+
+
+@pytest.mark.parametrize("mode", ["batch", "abatch"])
+def test_batch_callers_share_one_429_pause(emulator: Emulator, mode: str) -> None:
+    emulator.fail(Fault("status", status=429, retry_after="1", lasting=1.0))
+    llm = ChatLlamaVision(max_concurrency=1)
+    questions = [f"question {i}" for i in range(4)]
+    config = {"max_concurrency": 4}  # LangChain runs four threads or tasks at once
+    if mode == "batch":
+        replies = llm.batch(questions, config=config)
+    else:
+        replies = asyncio.run(llm.abatch(questions, config=config))
+    assert [r.text for r in replies] and len(replies) == 4
+    assert emulator.counters["requests"] == 5  # one 429, then nobody sent into the window

@@ -419,3 +419,15 @@ def test_an_answer_cut_at_the_output_limit_says_length(emulator: Emulator) -> No
     assert llm.chat(message).additional_kwargs["finish_reason"] == "length"
     *_, last = llm.stream_chat(message)
     assert last.additional_kwargs["finish_reason"] == "length"
+
+
+def test_concurrent_calls_share_one_429_pause(emulator: Emulator) -> None:
+    emulator.fail(Fault("status", status=429, retry_after="1", lasting=1.0))
+    llm = LlamaVision(max_concurrency=1)
+
+    async def run() -> list[Any]:
+        asks = [llm.acomplete(f"question {i}") for i in range(4)]
+        return list(await asyncio.gather(*asks))
+
+    assert len(asyncio.run(run())) == 4
+    assert emulator.counters["requests"] == 5
