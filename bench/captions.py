@@ -179,6 +179,18 @@ def main(argv: list[str] | None = None) -> int:
             with EmulatorProcess(rate_limit=rate) as emulator:
                 print(f"rate-limited, {large:,} images...", flush=True)
                 runs["large, limited"] = caption(every, emulator.env())
+        with EmulatorProcess() as emulator:
+            for actors in (1, 2, 4):
+                print(f"on Ray, {actors} actors...", flush=True)
+                runs[f"ray {actors}"] = caption(
+                    first,
+                    emulator.env(),
+                    "--ray",
+                    "--ray-actors",
+                    str(actors),
+                    "--concurrency",
+                    "4",
+                )
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -244,6 +256,22 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Target: at most 1.2× the floor. Median over rounds of the "
         f"{len(bases)} distinct pictures.",
+        "",
+        f"### 4. One machine and Ray: {small:,} images on this machine",
+        "",
+        "A local Ray (all cores) started by each run: `llamavision caption --ray "
+        "--ray-actors N`, each actor claiming a quarter of a CPU with four requests in "
+        "flight. Seconds include starting Ray and its actors, and hashing on the driver.",
+        "",
+        "| run | seconds | images/s |",
+        "|---|---:|---:|",
+        f"| one machine, `--concurrency 16` | {runs[f'{small:,} images'].seconds:.0f} | "
+        f"{runs[f'{small:,} images'].per_second:.1f} |",
+        *(
+            f"| Ray, {n} actor{'s' if n > 1 else ''} | {runs[f'ray {n}'].seconds:.0f} | "
+            f"{runs[f'ray {n}'].per_second:.1f} |"
+            for n in (1, 2, 4)
+        ),
     ]
     write_section("captions", "\n".join(lines), Path(args.out))
     print(f"wrote {args.out}")

@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 from llamavision.captions import DEFAULT_PROMPT, CaptionSummary, caption_images, find_images
 from llamavision.client import LlamaVisionClient
-from llamavision.errors import LicenseAgreementRequiredError, LlamaVisionError
+from llamavision.errors import ConfigurationError, LicenseAgreementRequiredError, LlamaVisionError
 from llamavision.messages import Message, StreamAccumulator
 from llamavision.providers import PROVIDERS
 
@@ -144,22 +145,25 @@ def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"llamavision: no images found in {args.images}", file=err)
         return 2
     progress = Progress(err)
-    with _client(args) as client:
-        try:
-            summary = asyncio.run(
-                caption_images(
-                    images,
-                    args.out,
-                    client,
-                    prompt=args.prompt,
-                    concurrency=args.concurrency,
-                    max_tokens=args.max_tokens,
-                    on_progress=progress,
+    try:
+        if args.ray:
+            summary = _caption_on_ray(args, images, progress, err)
+        else:
+            with _client(args) as client:
+                summary = asyncio.run(
+                    caption_images(
+                        images,
+                        args.out,
+                        client,
+                        prompt=args.prompt,
+                        concurrency=args.concurrency,
+                        max_tokens=args.max_tokens,
+                        on_progress=progress,
+                    )
                 )
-            )
-        except KeyboardInterrupt:
-            summary = progress.latest
-            summary.interrupted = True
+    except KeyboardInterrupt:
+        summary = progress.latest
+        summary.interrupted = True
     _report(summary, args.out, err, progress.enabled)
     if args.json:
         out.write(json.dumps(summary.as_dict(), indent=2) + "\n")
@@ -168,6 +172,33 @@ def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if summary.stopped is not None:
         return 1
     return 1 if summary.failures and not summary.captioned and not summary.skipped else 0
+
+
+def _caption_on_ray(
+    args: argparse.Namespace, images: list[Path], progress: Progress, err: TextIO
+) -> CaptionSummary:
+    try:
+        from llamavision.ray import caption_files
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--ray needs Ray Data ({exc}): pip install 'llamavision[ray]'."
+        ) from None
+    where = args.ray_address or "a local Ray"
+    print(f"Captioning on Ray ({where}) with {args.ray_actors} actors.", file=err)
+    return caption_files(
+        images,
+        args.out,
+        provider=args.provider,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        actors=args.ray_actors,
+        concurrency=args.concurrency,
+        rate_limit=args.rate_limit,
+        address=args.ray_address,
+        on_progress=progress,
+        accept_license=args.accept_license,
+        max_retries=args.max_retries,
+    )
 
 
 def _emulator(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -217,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("images", help="a folder, or a glob such as 'photos/**/*.jpg'")
     cap.add_argument("--out", default="captions.jsonl")
     cap.add_argument(
-        "--concurrency", type=int, default=4, help="images in flight at once (default 4)"
+        "--concurrency",
+        type=int,
+        default=4,
+        help="images in flight at once (default 4; per actor with --ray)",
     )
     cap.add_argument(
         "--rate-limit",
@@ -228,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cap.add_argument("--prompt", default=DEFAULT_PROMPT)
     cap.add_argument("--json", action="store_true", help="also print the summary as JSON on stdout")
+    cap.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data: the cluster at --ray-address, or a local Ray",
+    )
+    cap.add_argument("--ray-address", help="a Ray cluster, e.g. ray://head:10001 or auto")
+    cap.add_argument("--ray-actors", type=int, default=2, help="captioning actors (default 2)")
     common(cap)
 
     emu = sub.add_parser("emulator", help="serve the provider emulator in the foreground")

@@ -55,7 +55,7 @@ from llamavision.messages import (
     ToolChoice,
 )
 from llamavision.providers import PROVIDERS, Codec
-from llamavision.ratelimit import RateGovernor, RateStats, Ticket, is_throttle
+from llamavision.ratelimit import Governor, RateGovernor, RateStats, Releasable, is_throttle
 
 logger = logging.getLogger("llamavision")
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class Endpoint:
     model: str
     api_key: SecretStr = dataclasses.field(repr=False)
     price: Price
-    governor: RateGovernor = dataclasses.field(default_factory=RateGovernor, compare=False)
+    governor: Governor = dataclasses.field(default_factory=RateGovernor, compare=False)
 
     def headers(self) -> dict[str, str]:
         """Return the request headers (including the credential)."""
@@ -92,7 +92,7 @@ def make_endpoint(
     base_url: str | None = None,
     model: str | None = None,
     price: Price | None = None,
-    governor: RateGovernor | None = None,
+    governor: Governor | None = None,
 ) -> Endpoint:
     """Configure one provider from arguments, falling back to the environment.
 
@@ -155,6 +155,9 @@ class LlamaVisionClient:
         rate_limit: requests per minute to stay under, per provider (a token bucket), e.g.
             Workers AI's published 300; ``None`` to learn the limit from 429 answers. Either
             way a 429's ``Retry-After`` pauses every caller of this client.
+        governor: a governor for the primary provider shared beyond this client (such as
+            ``llamavision.ray``'s, shared by the actors of a job); replaces
+            ``max_concurrency`` and ``rate_limit`` for it.
         fallback_providers: providers tried in order (configured from the environment) when
             the previous one fails with a retryable error before anything was streamed.
         accept_license: on Cloudflare, accept Meta's license once if the account has not.
@@ -191,6 +194,7 @@ class LlamaVisionClient:
         max_retry_wait: float = 60.0,
         max_concurrency: int | None = None,
         rate_limit: float | None = None,
+        governor: Governor | None = None,
         fallback_providers: Sequence[str] = (),
         accept_license: bool = False,
         multi_image: MultiImage = "error",
@@ -205,7 +209,7 @@ class LlamaVisionClient:
             )
         prices = prices or {}
 
-        def governor() -> RateGovernor:
+        def make_governor() -> RateGovernor:
             try:
                 return RateGovernor(
                     max_concurrency=max_concurrency,
@@ -223,11 +227,11 @@ class LlamaVisionClient:
                 base_url=base_url,
                 model=model,
                 price=prices.get(provider),
-                governor=governor(),
+                governor=governor or make_governor(),
             ),
             *(
                 make_endpoint(
-                    name, account_id=account_id, price=prices.get(name), governor=governor()
+                    name, account_id=account_id, price=prices.get(name), governor=make_governor()
                 )
                 for name in fallback_providers
             ),
@@ -355,7 +359,7 @@ class LlamaVisionClient:
         request = self._request(messages, tools, tool_choice, params, overrides, stream=False)
         messages_for = await self._aimage_resolver(request)
 
-        async def once(ep: Endpoint, ticket: Ticket) -> ChatResult:
+        async def once(ep: Endpoint, ticket: Releasable) -> ChatResult:
             return await self._achat_once(ep, await messages_for(ep), ticket)
 
         return await self._aretrying(once)
@@ -373,7 +377,7 @@ class LlamaVisionClient:
         request = self._request(messages, tools, tool_choice, params, overrides, stream=True)
         messages_for = await self._aimage_resolver(request)
 
-        async def once(ep: Endpoint, ticket: Ticket) -> _AsyncOpenStream:
+        async def once(ep: Endpoint, ticket: Releasable) -> _AsyncOpenStream:
             return await self._aopen_stream(ep, await messages_for(ep), ticket)
 
         opened = await self._aretrying(once)
@@ -489,7 +493,7 @@ class LlamaVisionClient:
             logger.info("%s failed (%s); failing over", ep.provider, type(error).__name__)
         return delay
 
-    def _retrying(self, once: Callable[[Endpoint, Ticket], T]) -> T:
+    def _retrying(self, once: Callable[[Endpoint, Releasable], T]) -> T:
         """Run ``once`` under each provider's governor, retrying and failing over.
 
         ``once`` releases its ticket when it succeeds (a stream, when it ends); this loop
@@ -517,7 +521,7 @@ class LlamaVisionClient:
                 attempt += 1
         raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
 
-    async def _aretrying(self, once: Callable[[Endpoint, Ticket], Awaitable[T]]) -> T:
+    async def _aretrying(self, once: Callable[[Endpoint, Releasable], Awaitable[T]]) -> T:
         """Async form of :meth:`_retrying`."""
         for i, ep in enumerate(self.endpoints):
             attempt = 0
@@ -750,7 +754,7 @@ class LlamaVisionClient:
 
     # ----------------------------------------------------------------- one attempt
 
-    def _chat_once(self, ep: Endpoint, prepared: ChatRequest, ticket: Ticket) -> ChatResult:
+    def _chat_once(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> ChatResult:
         path, body = ep.codec.build_payload(prepared)
         response = _send(
             lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
@@ -759,7 +763,9 @@ class LlamaVisionClient:
         ticket.release()
         return result
 
-    async def _achat_once(self, ep: Endpoint, prepared: ChatRequest, ticket: Ticket) -> ChatResult:
+    async def _achat_once(
+        self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable
+    ) -> ChatResult:
         path, body = ep.codec.build_payload(prepared)
         response = await _asend(
             self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
@@ -786,7 +792,7 @@ class LlamaVisionClient:
         self._finish(ep, result, response.headers)
         return result
 
-    def _open_stream(self, ep: Endpoint, prepared: ChatRequest, ticket: Ticket) -> _OpenStream:
+    def _open_stream(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> _OpenStream:
         path, body = ep.codec.build_payload(prepared)
         http = self._client()
         req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
@@ -796,7 +802,7 @@ class LlamaVisionClient:
         return opened
 
     async def _aopen_stream(
-        self, ep: Endpoint, prepared: ChatRequest, ticket: Ticket
+        self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable
     ) -> _AsyncOpenStream:
         path, body = ep.codec.build_payload(prepared)
         http = self._aclient()
@@ -906,7 +912,7 @@ class _StreamBase:
         ep: Endpoint,
         response: httpx.Response,
         max_tokens: int | None,
-        ticket: Ticket,
+        ticket: Releasable,
     ) -> None:
         self.client = client
         self.ep = ep

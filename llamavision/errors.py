@@ -41,6 +41,10 @@ class LlamaVisionError(Exception):
         self.code = code
         self.request_id = request_id
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep every attribute across pickling (Ray sends exceptions between processes).
+        return _rebuild, (type(self), self.message, self.__dict__)
+
     def __str__(self) -> str:
         where = [
             f"{name}={value}"
@@ -260,3 +264,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError, IndexError):
         return None
     return max(0.0, when - (time.time() if now is None else now))
+
+
+def _rebuild(
+    cls: type[LlamaVisionError], message: str, attributes: dict[str, object]
+) -> LlamaVisionError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(attributes)
+    return error

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from llamavision.errors import LlamaVisionError
 
@@ -65,6 +66,61 @@ def is_throttle(error: LlamaVisionError) -> bool:
     return status == 429 or getattr(error, "retry_after", None) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to an admitted request, as much as a governor needs (and picklable).
+
+    Attributes:
+        ok: the request succeeded.
+        throttled: the provider asked to slow down (see :func:`is_throttle`).
+        status: the HTTP status of a throttling answer.
+        retry_after: the ``Retry-After`` of a throttling answer, in seconds.
+
+    """
+
+    ok: bool
+    throttled: bool = False
+    status: int | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def of(cls, error: BaseException | None) -> Outcome:
+        """Describe the outcome of a request that raised ``error`` (``None``: success)."""
+        if error is None:
+            return SUCCESS
+        if isinstance(error, LlamaVisionError) and is_throttle(error):
+            return cls(False, True, error.status_code, getattr(error, "retry_after", None))
+        return FAILURE
+
+
+SUCCESS = Outcome(ok=True)
+FAILURE = Outcome(ok=False)
+
+
+class Releasable(Protocol):
+    """An admitted request's slot, given back once with what happened."""
+
+    def release(self, error: BaseException | None = None) -> None:
+        """Give the slot back: ``error`` is what went wrong, ``None`` means success."""
+
+
+class Governor(Protocol):
+    """What a client needs from a governor: :class:`RateGovernor`, or a shared one.
+
+    ``llamavision.ray`` has one whose state lives in a Ray actor, for all actors of a job.
+    """
+
+    @property
+    def stats(self) -> RateStats:
+        """What rate limiting has cost so far."""
+
+    def acquire(self) -> Releasable:
+        """Wait (blocking) until a request may be sent."""
+
+    async def aacquire(self) -> Releasable:
+        """Wait (without blocking the event loop) until a request may be sent."""
+
+
 class Ticket:
     """One admitted request; :meth:`release` it exactly once with its outcome."""
 
@@ -80,9 +136,13 @@ class Ticket:
 
         Calling it again does nothing, so that every exit path may release.
         """
+        self.settle(Outcome.of(error))
+
+    def settle(self, outcome: Outcome) -> None:
+        """Give the slot back with an already described outcome (once)."""
         if not self._released:
             self._released = True
-            self._governor._settle(self, error)
+            self._governor._settle(self, outcome)
 
 
 class _ThreadWaker:
@@ -206,22 +266,22 @@ class RateGovernor:
             self._mark = now
         return 0.0
 
-    def _settle(self, ticket: Ticket, error: BaseException | None) -> None:
+    def _settle(self, ticket: Ticket, outcome: Outcome) -> None:
         with self._lock:
             now = self._clock()
             self._in_flight -= 1
-            if error is None:
+            if outcome.ok:
                 self._ok += 1
                 ceiling = self.max_concurrency or math.inf
                 self._limit = min(ceiling, self._limit + 1)
-            elif isinstance(error, LlamaVisionError) and is_throttle(error):
-                self._throttled(ticket, error, now)
+            elif outcome.throttled:
+                self._throttled(ticket, outcome, now)
             self._wake_head()
 
-    def _throttled(self, ticket: Ticket, error: LlamaVisionError, now: float) -> None:
-        if error.status_code == 429:
+    def _throttled(self, ticket: Ticket, outcome: Outcome, now: float) -> None:
+        if outcome.status == 429:
             self.stats.rate_limited += 1
-        retry_after = getattr(error, "retry_after", None)
+        retry_after = outcome.retry_after
         if retry_after is not None:
             self._paused_until = max(self._paused_until, now + min(retry_after, self.max_pause))
         if ticket.sent_at < self._last_event:
