@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import SecretStr
 
-from llamavision import __version__
+from llamavision import __version__, downloads
 from llamavision.errors import (
     APIConnectionError,
     ConfigurationError,
@@ -248,6 +248,9 @@ class LlamaVisionClient:
         self._owns_http = http_client is None
         self._owns_ahttp = http_async_client is None
         self._aloop: asyncio.AbstractEventLoop | None = None
+        self._dl: httpx.Client | None = None  # image downloads: no credentials, checked
+        self._adl: httpx.AsyncClient | None = None
+        self._adl_loop: asyncio.AbstractEventLoop | None = None
         self._agreed: set[str] = set()
         self._lock = threading.Lock()
 
@@ -328,10 +331,13 @@ class LlamaVisionClient:
         return opened.deltas()
 
     def close(self) -> None:
-        """Close the HTTP connection pool, if this client created it."""
+        """Close the HTTP connection pools this client created."""
         if self._http is not None and self._owns_http:
             self._http.close()
             self._http = None
+        if self._dl is not None:
+            self._dl.close()
+            self._dl = None
 
     def __enter__(self) -> LlamaVisionClient:
         return self
@@ -389,6 +395,9 @@ class LlamaVisionClient:
         if self._ahttp is not None and self._owns_ahttp:
             await self._ahttp.aclose()
             self._ahttp = None
+        if self._adl is not None:
+            await self._adl.aclose()
+            self._adl = None
         self.close()
 
     async def __aenter__(self) -> LlamaVisionClient:
@@ -679,53 +688,21 @@ class LlamaVisionClient:
 
         return for_endpoint
 
-    def _download_error(self, url: str, why: str) -> ImageError:
-        return ImageError(
-            f"Could not download image {url} to send it inline (Cloudflare cannot fetch URLs): "
-            f"{why}. Download it yourself and pass the bytes or a path."
-        )
-
-    def _check_download(self, url: str, response: httpx.Response) -> None:
-        if response.status_code >= 400:
-            raise self._download_error(url, f"HTTP {response.status_code}")
-        ctype = response.headers.get("content-type", "")
-        if not ctype.startswith("image/"):
-            raise self._download_error(url, f"the server says it is {ctype or 'untyped'}")
-        size = int(response.headers.get("content-length") or 0)
-        if size > self.image_options.max_input_bytes:
-            raise self._download_error(url, f"it is {size} bytes, over the size limit")
-
     def _download(self, url: str) -> ResolvedImage:
-        limit = self.image_options.max_input_bytes
-        try:
-            with self._client().stream(
-                "GET", url, timeout=self.image_options.download_timeout, follow_redirects=True
-            ) as response:
-                self._check_download(url, response)
-                data = bytearray()
-                for chunk in response.iter_bytes():
-                    data += chunk
-                    if len(data) > limit:
-                        raise self._download_error(url, f"it is over the size limit ({limit} B)")
-        except httpx.HTTPError as exc:
-            raise self._download_error(url, str(exc) or type(exc).__name__) from exc
-        return load_image_bytes(bytes(data), self.image_options, origin=url)
+        if self._dl is None:
+            with self._lock:
+                if self._dl is None:
+                    self._dl = downloads.http_client(self.image_options)
+        data = downloads.download(self._dl, url, self.image_options)
+        return load_image_bytes(data, self.image_options, origin=url)
 
     async def _adownload(self, url: str) -> ResolvedImage:
-        limit = self.image_options.max_input_bytes
-        try:
-            async with self._aclient().stream(
-                "GET", url, timeout=self.image_options.download_timeout, follow_redirects=True
-            ) as response:
-                self._check_download(url, response)
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > limit:
-                        raise self._download_error(url, f"it is over the size limit ({limit} B)")
-        except httpx.HTTPError as exc:
-            raise self._download_error(url, str(exc) or type(exc).__name__) from exc
-        return await _image_work(load_image_bytes, bytes(data), self.image_options, origin=url)
+        loop = asyncio.get_running_loop()
+        if self._adl is None or self._adl_loop is not loop:
+            self._adl = downloads.async_http_client(self.image_options)
+            self._adl_loop = loop
+        data = await downloads.adownload(self._adl, url, self.image_options)
+        return await _image_work(load_image_bytes, data, self.image_options, origin=url)
 
     # ----------------------------------------------------------------- license
 

@@ -58,6 +58,9 @@ class ImageOptions:
             supported, even if they are larger than needed.
         jpeg_quality: quality of re-encoded JPEGs.
         download_timeout: seconds allowed to download a remote image (Cloudflare only).
+        allow_private_urls: let image downloads reach loopback, private, link-local and other
+            non-public addresses. Off by default: image URLs can come from documents and
+            users, and fetching them from inside a network is a request forgery hole.
 
     """
 
@@ -66,6 +69,7 @@ class ImageOptions:
     reencode: bool = True
     jpeg_quality: int = 85
     download_timeout: float = 20.0
+    allow_private_urls: bool = False
 
 
 @dataclass(frozen=True, slots=True)

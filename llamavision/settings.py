@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr
 
 from llamavision.client import LlamaVisionClient
+from llamavision.images import ImageOptions
 from llamavision.messages import GenerationParams, Message, Tool, normalize_tool_choice
 
 _PARAM_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationParams))
@@ -46,6 +47,9 @@ class LlamaVisionSettings(BaseModel):
     """On Cloudflare, accept Meta's Llama 3.2 license once if the account has not."""
     multi_image: Literal["error", "latest", "grid"] = "error"
     """Several images in one conversation: refuse, keep the latest, or compose a grid."""
+    image_options: ImageOptions | None = None
+    """How images are prepared and downloaded (``ImageOptions(allow_private_urls=True)`` to
+    let downloads reach a private network)."""
     temperature: float | None = None
     max_tokens: int | None = None
     top_p: float | None = None
@@ -83,6 +87,7 @@ class LlamaVisionSettings(BaseModel):
             fallback_providers=self.fallback_providers,
             accept_license=self.accept_license,
             multi_image=self.multi_image,
+            image_options=self.image_options,
             http_client=self.http_client,
             http_async_client=self.http_async_client,
         )

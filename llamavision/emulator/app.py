@@ -254,7 +254,8 @@ class Emulator:
         self._changed = threading.Condition(self._lock)
         self._hold: tuple[int, threading.Event] | None = None
         self._inflight = 0
-        self._hosted: dict[str, tuple[bytes, str]] = {}
+        self._hosted: dict[str, Response] = {}
+        self.downloads: deque[dict[str, str]] = deque(maxlen=keep_requests)
         self._routes: tuple[Route, ...] = (aigateway, cloudflare)
 
     # ------------------------------------------------------------------ scripting API
@@ -269,13 +270,26 @@ class Emulator:
         with self._lock:
             self._faults.extend(faults)
 
-    def host_image(self, name: str, data: bytes, content_type: str = "image/png") -> str:
+    def host_image(
+        self,
+        name: str,
+        data: bytes = b"",
+        content_type: str = "image/png",
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
         """Serve ``data`` at ``GET /images/{name}`` (a stand-in for an image on the web).
 
-        Returns the path; prefix it with the server's URL.
+        ``status`` and ``headers`` make other answers (``status=302, headers={"location":
+        ...}`` for a redirect). The headers of each such download are kept in
+        :attr:`downloads`. Returns the path; prefix it with the server's URL.
         """
+        answer = Response(
+            status, raw=data, headers={"content-type": content_type, **(headers or {})}
+        )
         with self._lock:
-            self._hosted[name] = (data, content_type)
+            self._hosted[name] = answer
         return f"/images/{name}"
 
     def reset(self, drain_timeout: float = 5.0) -> None:
@@ -294,6 +308,7 @@ class Emulator:
             self.requests.clear()
             self.agreed_accounts.clear()
             self._hosted.clear()
+            self.downloads.clear()
             self._buckets.clear()
             self._hold = None
             self.counters = dict.fromkeys(self.counters, 0)
@@ -420,10 +435,12 @@ class Emulator:
     ) -> Response:
         """Route one request to its provider and build the reply."""
         if method == "GET" and path.startswith("/images/"):
-            hosted = self._hosted.get(path.removeprefix("/images/"))
+            with self._lock:
+                self.downloads.append({"path": path, **headers})
+                hosted = self._hosted.get(path.removeprefix("/images/"))
             if hosted is None:
                 return Response(404, {"error": "no such image"})
-            return Response(raw=hosted[0], headers={"content-type": hosted[1]})
+            return hosted
         for route in self._routes:
             if route.matches(path):
                 break

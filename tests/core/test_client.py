@@ -488,38 +488,6 @@ def test_remote_url_passes_through_to_aigateway() -> None:
     assert sent_image_urls(script.bodies()[0]) == ["https://img.example/cat.png"]
 
 
-def test_cloudflare_downloads_remote_images_and_sends_them_inline() -> None:
-    image = png((0, 255, 0))
-    script = Script(
-        httpx.Response(200, content=image, headers={"content-type": "image/png"}), cf_result()
-    )
-    script.client("cloudflare").chat([Message.user("what?", image="https://img.example/g.png")])
-    assert script.requests[0].method == "GET"
-    (url,) = sent_image_urls(script.bodies()[0])
-    assert url.startswith("data:image/png;base64,")
-
-
-@pytest.mark.parametrize(
-    ("reply", "says"),
-    [
-        (httpx.Response(404), "HTTP 404"),
-        (httpx.Response(200, text="<html>", headers={"content-type": "text/html"}), "text/html"),
-        (
-            httpx.Response(200, content=b"x" * 2000, headers={"content-type": "image/png"}),
-            "size limit",
-        ),
-    ],
-)
-def test_bad_downloads_are_image_errors(reply: httpx.Response, says: str) -> None:
-    from llamavision import ImageOptions
-
-    script = Script(reply)
-    client = script.client("cloudflare", image_options=ImageOptions(max_input_bytes=1000))
-    with pytest.raises(ImageError, match=says):
-        client.chat([Message.user("?", image="https://img.example/x.png")])
-    assert all(r.method == "GET" for r in script.requests)
-
-
 def test_several_images_are_refused_by_default_before_any_request() -> None:
     script = Script(completion())
     with pytest.raises(ImageError, match="multi_image='grid'"):

@@ -20,6 +20,7 @@ from langchain_llamavision import ChatLlamaVision
 from llamavision import (
     AuthenticationError,
     ImageError,
+    ImageOptions,
     LicenseAgreementRequiredError,
     StreamInterruptedError,
 )
@@ -34,11 +35,15 @@ from tests.recorded import (
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 PROVIDERS = ["aigateway", "cloudflare"]
+LOOPBACK = ImageOptions(allow_private_urls=True)
 
 
 @pytest.fixture(params=PROVIDERS)
 def llm(request: pytest.FixtureRequest, emulator: Emulator) -> ChatLlamaVision:
-    return ChatLlamaVision(provider=request.param, accept_license=True, max_retries=1)
+    # The emulator hosts its images on loopback: downloads from there need the opt-in.
+    return ChatLlamaVision(
+        provider=request.param, accept_license=True, max_retries=1, image_options=LOOPBACK
+    )
 
 
 def b64(path: Path) -> str:

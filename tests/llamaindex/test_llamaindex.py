@@ -18,7 +18,12 @@ from pydantic import BaseModel
 
 from llamaindex_llamavision import LlamaVision, LlamaVisionMultiModal
 from llamaindex_llamavision.offline import ColourEmbedding
-from llamavision import ImageError, LicenseAgreementRequiredError, StreamInterruptedError
+from llamavision import (
+    ImageError,
+    ImageOptions,
+    LicenseAgreementRequiredError,
+    StreamInterruptedError,
+)
 from llamavision.emulator import Emulator, EmulatorServer, Fault, Reply
 from tests.recorded import (
     LLAMA_CPP_PYTHON_TOOL_STREAM,
@@ -30,6 +35,7 @@ from tests.recorded import (
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 PROVIDERS = ["aigateway", "cloudflare"]
+LOOPBACK = ImageOptions(allow_private_urls=True)
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -39,12 +45,17 @@ def provider(request: pytest.FixtureRequest, emulator: Emulator) -> str:
 
 @pytest.fixture
 def llm(provider: str) -> LlamaVision:
-    return LlamaVision(provider=provider, accept_license=True, max_retries=1)
+    # The emulator hosts its images on loopback: downloads from there need the opt-in.
+    return LlamaVision(
+        provider=provider, accept_license=True, max_retries=1, image_options=LOOPBACK
+    )
 
 
 @pytest.fixture
 def mm(provider: str) -> LlamaVisionMultiModal:
-    return LlamaVisionMultiModal(provider=provider, accept_license=True, max_retries=1)
+    return LlamaVisionMultiModal(
+        provider=provider, accept_license=True, max_retries=1, image_options=LOOPBACK
+    )
 
 
 def get_weather(city: str) -> str:
