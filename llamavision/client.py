@@ -59,6 +59,7 @@ from llamavision.ratelimit import Governor, RateGovernor, RateStats, Releasable,
 
 logger = logging.getLogger("llamavision")
 T = TypeVar("T")
+E = TypeVar("E", bound=LlamaVisionError)
 MultiImage = Literal["error", "latest", "grid"]
 Messages = str | Message | Sequence[Message]
 BASE_URL_ENV = {"aigateway": "AIGATEWAY_BASE_URL", "cloudflare": "CLOUDFLARE_BASE_URL"}
@@ -263,6 +264,27 @@ class LlamaVisionClient:
     def model(self) -> str:
         """The primary provider's model id."""
         return self.endpoints[0].model
+
+    def redact(self, error: E) -> E:
+        """Remove this client's secrets from an error (a server may echo the key back).
+
+        Every error the client raises passes through here: its message, arguments, code and
+        request id never carry a configured credential.
+        """
+        secrets = [ep.api_key.get_secret_value() for ep in self.endpoints]
+        secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, str):
+                for secret in secrets:
+                    value = value.replace(secret, "[redacted]")
+            return value
+
+        error.message = clean(error.message)
+        error.args = tuple(clean(a) for a in error.args)
+        error.code = clean(error.code)
+        error.request_id = clean(error.request_id)
+        return error
 
     @property
     def rate_stats(self) -> RateStats:
@@ -484,11 +506,11 @@ class LlamaVisionClient:
         """Decide after a failure: a delay to retry ``ep``, ``None`` to move on, or raise."""
         if isinstance(error, LicenseAgreementRequiredError):
             if not self.accept_license or ep.provider in self._agreed:
-                raise error
+                raise self.redact(error)
             return -1.0  # accept the license, then retry at once
         delay = self._retry_delay(error, attempt)
         if delay is None and (not error.retryable or is_last):
-            raise error
+            raise self.redact(error)
         if delay is not None:
             logger.info(
                 "%s failed (%s); retry %d/%d %s",
@@ -726,7 +748,7 @@ class LlamaVisionClient:
         if response.status_code >= 400:
             error = _status_error(ep, response)
             if not isinstance(error, LicenseAgreementRequiredError):
-                raise error
+                raise self.redact(error)
         self._agreed.add(ep.provider)
 
     # ----------------------------------------------------------------- one attempt
@@ -976,7 +998,7 @@ class _OpenStream(_StreamBase):
                 try:
                     self.pending = self._next()
                 except LlamaVisionError as exc:
-                    raise self.interrupted(exc) from exc
+                    raise self.client.redact(self.interrupted(exc)) from exc
         finally:
             self.response.close()
             self.settle()
@@ -1019,7 +1041,7 @@ class _AsyncOpenStream(_StreamBase):
                 try:
                     self.pending = await self._next()
                 except LlamaVisionError as exc:
-                    raise self.interrupted(exc) from exc
+                    raise self.client.redact(self.interrupted(exc)) from exc
         finally:
             await self.response.aclose()
             self.settle()

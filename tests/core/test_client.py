@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from llamavision import (
     ImageError,
     LicenseAgreementRequiredError,
     LlamaVisionClient,
+    LlamaVisionError,
     MalformedResponseError,
     Message,
     RateLimitError,
@@ -193,6 +195,64 @@ def test_key_never_shows_in_repr_or_errors() -> None:
     with pytest.raises(AuthenticationError) as info:
         client.chat("hi")
     assert "sk-test-secret" not in str(info.value) and "AIGATEWAY_API_KEY" in str(info.value)
+
+
+def echo(status: int, provider: str, *, stream: bool = False) -> Reply:
+    """A server that puts the credential it received into everything it answers."""
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        said = f"Invalid credential {key} (Bearer {key})"
+        headers = {"x-request-id": key, "cf-ray": key}
+        if stream:
+            events: list[dict[str, Any]] = [
+                {"response": "Half an ans"},
+                {"errors": [{"code": 3043, "message": said}]},
+            ]
+            if provider == "aigateway":
+                events = [
+                    {"choices": [{"index": 0, "delta": {"content": "Half an ans"}}]},
+                    {"error": {"message": said, "code": key}},
+                ]
+            body = "".join(f"data: {json.dumps(e)}\n\n" for e in events)
+            return httpx.Response(200, text=body, headers=headers)
+        if status == 200:  # not even JSON
+            return httpx.Response(200, text=f"<html>{said}</html>", headers=headers)
+        if provider == "cloudflare":
+            envelope = {"success": False, "errors": [{"code": key, "message": said}]}
+            return httpx.Response(status, json=envelope, headers=headers)
+        envelope = {"error": {"message": said, "type": "x", "code": key}}
+        return httpx.Response(status, json=envelope, headers=headers)
+
+    return reply
+
+
+@pytest.mark.parametrize("provider", ["aigateway", "cloudflare"])
+@pytest.mark.parametrize(
+    ("status", "stream", "cls"),
+    [
+        (401, False, AuthenticationError),
+        (500, False, LlamaVisionError),  # retried, then raised
+        (200, False, MalformedResponseError),
+        (200, True, StreamInterruptedError),
+    ],
+)
+def test_a_key_echoed_by_the_server_never_reaches_an_error_or_a_log(
+    provider: str, status: int, stream: bool, cls: type, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    script = Script(*[echo(status, provider, stream=stream)] * 3)
+    client = script.client(provider, max_retries=2)
+    with pytest.raises(cls) as caught:
+        if stream:
+            list(client.stream("hi"))
+        else:
+            client.chat("hi")
+    error = caught.value
+    shown = [str(error), repr(error), *map(str, error.args), error.message]
+    shown += [str(error.code), str(error.request_id), caplog.text]
+    assert not [text for text in shown if "sk-test-secret" in text]
+    assert "[redacted]" in str(error)
 
 
 def test_unknown_generation_parameter_is_a_configuration_error() -> None:
