@@ -164,6 +164,9 @@ class LlamaVisionClient:
         accept_license: on Cloudflare, accept Meta's license once if the account has not.
         multi_image: several images in one conversation: ``"error"``, ``"latest"`` or
             ``"grid"``.
+        image_transport: on Cloudflare, send the image as an ``image_url`` part of the
+            message (default) or in the top-level ``image`` field, the schema's other
+            transport; other providers always use ``image_url``.
         image_options: how images are validated, downscaled and encoded.
         prices: USD prices per provider, overriding the defaults.
         http_client: an ``httpx.Client`` to use instead of the client's own.
@@ -199,6 +202,7 @@ class LlamaVisionClient:
         fallback_providers: Sequence[str] = (),
         accept_license: bool = False,
         multi_image: MultiImage = "error",
+        image_transport: Literal["image_url", "image"] = "image_url",
         image_options: ImageOptions | None = None,
         prices: Mapping[str, Price] | None = None,
         http_client: httpx.Client | None = None,
@@ -208,6 +212,11 @@ class LlamaVisionClient:
             raise ConfigurationError(
                 f"multi_image must be 'error', 'latest' or 'grid', not {multi_image!r}."
             )
+        if image_transport not in ("image_url", "image"):
+            raise ConfigurationError(
+                f"image_transport must be 'image_url' or 'image', not {image_transport!r}."
+            )
+        self.image_field = image_transport == "image"
         prices = prices or {}
 
         def make_governor() -> RateGovernor:
@@ -271,20 +280,20 @@ class LlamaVisionClient:
         Every error the client raises passes through here: its message, arguments, code and
         request id never carry a configured credential.
         """
-        secrets = [ep.api_key.get_secret_value() for ep in self.endpoints]
-        secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
-
-        def clean(value: Any) -> Any:
-            if isinstance(value, str):
-                for secret in secrets:
-                    value = value.replace(secret, "[redacted]")
-            return value
-
+        clean = self._clean
         error.message = clean(error.message)
         error.args = tuple(clean(a) for a in error.args)
         error.code = clean(error.code)
         error.request_id = clean(error.request_id)
         return error
+
+    def _clean(self, value: T) -> T:
+        """Return ``value`` with this client's secrets replaced, if it is text."""
+        if isinstance(value, str):
+            secrets = (ep.api_key.get_secret_value() for ep in self.endpoints)
+            for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+                value = value.replace(secret, "[redacted]")  # type: ignore[assignment]
+        return value
 
     @property
     def rate_stats(self) -> RateStats:
@@ -588,6 +597,18 @@ class LlamaVisionClient:
         if result.usage is not None:
             result.cost = ep.price.cost(result.usage)
 
+    def _empty(self, ep: Endpoint, prepared: ChatRequest, request_id: str | None) -> None:
+        """Warn about an empty answer to an image request (reported as a silent failure)."""
+        if self._has_images(prepared):
+            logger.warning(
+                "%s returned an empty answer (no text, no tool call) to a request with an "
+                "image (request id %s). Such silent empties are reported for image requests; "
+                "check the image%s, or ask again.",
+                ep.provider,
+                self._clean(request_id),
+                ", try image_transport='image'" if ep.provider == "cloudflare" else "",
+            )
+
     # ----------------------------------------------------------------- images
 
     def _local_images(self, request: ChatRequest) -> tuple[Message, ...]:
@@ -754,27 +775,31 @@ class LlamaVisionClient:
     # ----------------------------------------------------------------- one attempt
 
     def _chat_once(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> ChatResult:
-        path, body = ep.codec.build_payload(prepared)
+        path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         response = _send(
             lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
         )
-        result = self._parse_reply(ep, response, body.get("max_tokens"))
+        result = self._parse_reply(ep, response, body.get("max_tokens"), prepared)
         ticket.release()
         return result
 
     async def _achat_once(
         self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable
     ) -> ChatResult:
-        path, body = ep.codec.build_payload(prepared)
+        path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         response = await _asend(
             self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
         )
-        result = self._parse_reply(ep, response, body.get("max_tokens"))
+        result = self._parse_reply(ep, response, body.get("max_tokens"), prepared)
         ticket.release()
         return result
 
     def _parse_reply(
-        self, ep: Endpoint, response: httpx.Response, max_tokens: int | None
+        self,
+        ep: Endpoint,
+        response: httpx.Response,
+        max_tokens: int | None,
+        prepared: ChatRequest,
     ) -> ChatResult:
         if response.status_code >= 400:
             raise _status_error(ep, response)
@@ -789,25 +814,27 @@ class LlamaVisionClient:
             ) from exc
         result = ep.codec.parse_result(body, max_tokens=max_tokens)
         self._finish(ep, result, response.headers)
+        if not (result.text or result.tool_calls or result.invalid_tool_calls):
+            self._empty(ep, prepared, result.request_id)
         return result
 
     def _open_stream(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> _OpenStream:
-        path, body = ep.codec.build_payload(prepared)
+        path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         http = self._client()
         req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
         response = _send(lambda: http.send(req, stream=True), ep)
-        opened = _OpenStream(self, ep, response, body.get("max_tokens"), ticket)
+        opened = _OpenStream(self, ep, prepared, response, body.get("max_tokens"), ticket)
         opened.start()
         return opened
 
     async def _aopen_stream(
         self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable
     ) -> _AsyncOpenStream:
-        path, body = ep.codec.build_payload(prepared)
+        path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         http = self._aclient()
         req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
         response = await _asend(http.send(req, stream=True), ep)
-        opened = _AsyncOpenStream(self, ep, response, body.get("max_tokens"), ticket)
+        opened = _AsyncOpenStream(self, ep, prepared, response, body.get("max_tokens"), ticket)
         await opened.start()
         return opened
 
@@ -909,12 +936,14 @@ class _StreamBase:
         self,
         client: LlamaVisionClient,
         ep: Endpoint,
+        prepared: ChatRequest,
         response: httpx.Response,
         max_tokens: int | None,
         ticket: Releasable,
     ) -> None:
         self.client = client
         self.ep = ep
+        self.prepared = prepared
         self.response = response
         self.ticket = ticket
         self.parser = ep.codec.stream_parser(max_tokens=max_tokens)
@@ -944,6 +973,8 @@ class _StreamBase:
     def final(self) -> StreamDelta:
         delta = self.parser.finish()
         self.client._finish(self.ep, delta, self.response.headers)
+        if not self.pieces and delta.finish_reason != "tool_calls":
+            self.client._empty(self.ep, self.prepared, delta.request_id)
         return delta
 
     def settle(self) -> None:

@@ -47,6 +47,8 @@ class LlamaVisionSettings(BaseModel):
     """On Cloudflare, accept Meta's Llama 3.2 license once if the account has not."""
     multi_image: Literal["error", "latest", "grid"] = "error"
     """Several images in one conversation: refuse, keep the latest, or compose a grid."""
+    image_transport: Literal["image_url", "image"] = "image_url"
+    """On Cloudflare: the image as an ``image_url`` message part, or the top-level ``image``."""
     image_options: ImageOptions | None = None
     """How images are prepared and downloaded (``ImageOptions(allow_private_urls=True)`` to
     let downloads reach a private network)."""
@@ -87,6 +89,7 @@ class LlamaVisionSettings(BaseModel):
             fallback_providers=self.fallback_providers,
             accept_license=self.accept_license,
             multi_image=self.multi_image,
+            image_transport=self.image_transport,
             image_options=self.image_options,
             http_client=self.http_client,
             http_async_client=self.http_async_client,

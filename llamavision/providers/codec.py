@@ -75,8 +75,14 @@ class Codec(Protocol):
     def REQUEST_ID_HEADER(self) -> str:
         """The response header carrying the provider's request id."""
 
-    def build_payload(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
-        """Return the path (relative to the base URL) and the JSON body of a request."""
+    def build_payload(
+        self, request: ChatRequest, *, image_field: bool = False
+    ) -> tuple[str, dict[str, Any]]:
+        """Return the path (relative to the base URL) and the JSON body of a request.
+
+        ``image_field`` sends the image in the provider's separate image field, where it has
+        one (Workers AI's top-level ``image``), instead of inside the message content.
+        """
 
     def parse_result(self, body: Any, *, max_tokens: int | None = None) -> ChatResult:
         """Parse a complete reply; ``max_tokens`` is the limit that was sent."""

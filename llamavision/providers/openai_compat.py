@@ -79,8 +79,11 @@ QUOTA_HINT = (
 )
 
 
-def build_payload(request: ChatRequest) -> tuple[str, dict[str, Any]]:
-    """Build the path (relative to the base URL) and JSON body of a chat completion."""
+def build_payload(request: ChatRequest, *, image_field: bool = False) -> tuple[str, dict[str, Any]]:
+    """Build the path (relative to the base URL) and JSON body of a chat completion.
+
+    Images always travel as ``image_url`` parts: this format has no separate image field.
+    """
     params = request.params
     body: dict[str, Any] = {
         "model": request.model,

@@ -120,13 +120,28 @@ def path_for(model: str) -> str:
     return "/" + model.lstrip("/")
 
 
-def build_payload(request: ChatRequest) -> tuple[str, dict[str, Any]]:
-    """Build the path (relative to the base URL) and JSON body of a messages-shaped run."""
+def build_payload(request: ChatRequest, *, image_field: bool = False) -> tuple[str, dict[str, Any]]:
+    """Build the path (relative to the base URL) and JSON body of a messages-shaped run.
+
+    The image travels as an ``image_url`` data URL in the message content, or with
+    ``image_field`` as the top-level ``image`` field (base64), the schema's other transport.
+    """
     params = request.params
+    messages = request.messages
+    image = None
+    if image_field:
+        images = [i for m in messages for i in m.images]
+        image = images[-1] if images else None
+        messages = tuple(
+            m if not m.images else Message(m.role, tuple(p for p in m.parts if p not in images))
+            for m in messages
+        )
     body: dict[str, Any] = {
-        "messages": _messages(request.messages),
+        "messages": _messages(messages),
         "max_tokens": params.max_tokens or MAX_OUTPUT_TOKENS,
     }
+    if image is not None:
+        body["image"] = _inline(image).base64()
     for name in _SAMPLING:
         value = getattr(params, name)
         if value is not None:
@@ -187,8 +202,12 @@ def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
 
 
 def _data_url(image: Image) -> str:
+    return _inline(image).data_url()
+
+
+def _inline(image: Image) -> ResolvedImage:
     if isinstance(image.source, ResolvedImage):
-        return image.source.data_url()
+        return image.source
     raise TypeError(
         "Cloudflare needs images inline: resolve (and download) them before encoding, "
         f"got {type(image.source).__name__}"
