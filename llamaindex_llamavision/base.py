@@ -107,8 +107,12 @@ def to_core_message(message: ChatMessage) -> core.Message:
 
 
 def to_chat_message(text: str, calls: Sequence[core.ToolCall]) -> ChatMessage:
-    """Build the assistant ``ChatMessage`` for an answer (tool calls as ``ToolCallBlock``)."""
-    blocks: list[Any] = [TextBlock(text=text)] if text else []
+    """Build the assistant ``ChatMessage`` for an answer (tool calls as ``ToolCallBlock``).
+
+    An answer without text has no text block when it calls tools (as LlamaIndex's own
+    integrations do), and an empty one otherwise: its ``content`` is ``""``, never ``None``.
+    """
+    blocks: list[Any] = [TextBlock(text=text)] if text or not calls else []
     blocks.extend(
         ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in calls
     )

@@ -392,11 +392,15 @@ class StreamAccumulator:
     def result(self) -> ChatResult:
         """Return everything received so far as a :class:`ChatResult`.
 
-        Tool calls whose arguments did not assemble into a JSON object are returned in
-        ``invalid_tool_calls``.
+        Tool calls whose arguments did not assemble into a JSON object, or that never got a
+        name, are returned in ``invalid_tool_calls``.
         """
         calls, invalid = split_tool_calls(
-            make_tool_call(call_id or f"call_{index}", name or "", "".join(fragments))
+            make_tool_call(call_id or f"call_{index}", name, "".join(fragments))
+            if name
+            else InvalidToolCall(
+                call_id or f"call_{index}", "", "".join(fragments), "the tool call has no name"
+            )
             for index, (call_id, name, fragments) in sorted(self._calls.items())
         )
         return ChatResult(
