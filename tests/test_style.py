@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy"],
+        # one cache per interpreter: suites on several Pythons at once must not share it
+        ["mypy", "--cache-dir", f".mypy_cache/{sys.version_info.major}.{sys.version_info.minor}"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
 )
