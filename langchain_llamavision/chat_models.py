@@ -219,7 +219,8 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
         return {
             "api_key": "AIGATEWAY_API_KEY"
             if self.provider == "aigateway"
-            else "CLOUDFLARE_API_TOKEN"
+            else "CLOUDFLARE_API_TOKEN",
+            "gateway_token": "CLOUDFLARE_AI_GATEWAY_AUTH",
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

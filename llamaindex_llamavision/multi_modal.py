@@ -77,6 +77,7 @@ class LlamaVisionMultiModal(LlamaVisionSettings, MultiModalLLM):
             exclude={
                 "callback_manager",
                 "api_key",
+                "gateway_token",
                 "http_client",
                 "http_async_client",
                 "rate_limiter",
@@ -85,6 +86,7 @@ class LlamaVisionMultiModal(LlamaVisionSettings, MultiModalLLM):
         self._llm = LlamaVision(
             **settings,
             api_key=self.api_key,
+            gateway_token=self.gateway_token,
             http_client=self.http_client,
             http_async_client=self.http_async_client,
         )

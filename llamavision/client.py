@@ -54,7 +54,8 @@ from llamavision.messages import (
     Tool,
     ToolChoice,
 )
-from llamavision.providers import PROVIDERS, Codec
+from llamavision.providers import PROVIDERS, Codec, workers_ai
+from llamavision.providers.codec import CloudflareGateway
 from llamavision.ratelimit import Governor, RateGovernor, RateStats, Releasable, is_throttle
 
 logger = logging.getLogger("llamavision")
@@ -63,6 +64,7 @@ E = TypeVar("E", bound=LlamaVisionError)
 MultiImage = Literal["error", "latest", "grid"]
 Messages = str | Message | Sequence[Message]
 BASE_URL_ENV = {"aigateway": "AIGATEWAY_BASE_URL", "cloudflare": "CLOUDFLARE_BASE_URL"}
+GATEWAY_BASE_URL_ENV = "CLOUDFLARE_GATEWAY_BASE_URL"  # the Cloudflare AI Gateway route
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,29 @@ class Endpoint:
     api_key: SecretStr = dataclasses.field(repr=False)
     price: Price
     governor: Governor = dataclasses.field(default_factory=RateGovernor, compare=False)
+    extra_headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    gateway: CloudflareGateway | None = None
 
-    def headers(self) -> dict[str, str]:
-        """Return the request headers (including the credential)."""
+    def headers(
+        self, call: Mapping[str, str] | None = None, *, cache: bool = True
+    ) -> dict[str, str]:
+        """Return the request headers: ours, the configured ones, this call's, the credential.
+
+        ``cache=False`` keeps an internal request out of a gateway's cache.
+        """
+        gateway = self.codec.gateway_headers(self.gateway, cache=cache) if self.gateway else {}
         return {
-            "Authorization": f"Bearer {self.api_key.get_secret_value()}",
             "User-Agent": f"llamavision/{__version__}",
+            **self.extra_headers,
+            **gateway,
+            **(call or {}),
+            "Authorization": f"Bearer {self.api_key.get_secret_value()}",
         }
+
+    def secrets(self) -> list[str]:
+        """Return the credentials this endpoint sends, to keep them out of errors and logs."""
+        token = self.gateway.token if self.gateway else None
+        return [s.get_secret_value() for s in (self.api_key, token) if s is not None]
 
 
 def make_endpoint(
@@ -94,11 +112,14 @@ def make_endpoint(
     model: str | None = None,
     price: Price | None = None,
     governor: Governor | None = None,
+    default_headers: Mapping[str, str] | None = None,
+    gateway: CloudflareGateway | None = None,
 ) -> Endpoint:
     """Configure one provider from arguments, falling back to the environment.
 
     Raises:
-        ConfigurationError: the provider is unknown or a credential is missing.
+        ConfigurationError: the provider is unknown, a credential is missing, or a header
+            would replace the credential.
 
     """
     codec = PROVIDERS.get(provider)
@@ -113,7 +134,13 @@ def make_endpoint(
             "pass api_key=...",
             provider=provider,
         )
-    url = base_url or os.environ.get(BASE_URL_ENV[provider]) or codec.DEFAULT_BASE_URL
+    headers = check_headers(default_headers)
+    if gateway is not None:
+        codec.gateway_headers(gateway)  # refuses a provider it does not front
+        url = base_url or os.environ.get(GATEWAY_BASE_URL_ENV) or str(codec.GATEWAY_BASE_URL)
+        url = url.replace("{gateway_id}", gateway.gateway_id)
+    else:
+        url = base_url or os.environ.get(BASE_URL_ENV[provider]) or codec.DEFAULT_BASE_URL
     if "{account_id}" in url and codec.ACCOUNT_ENV:
         account = account_id or os.environ.get(codec.ACCOUNT_ENV)
         if not account:
@@ -131,7 +158,55 @@ def make_endpoint(
         api_key=key if isinstance(key, SecretStr) else SecretStr(key),
         price=price or codec.PRICE,
         governor=governor or RateGovernor(),
+        extra_headers=headers,
+        gateway=gateway,
     )
+
+
+def _gateway(
+    providers: Sequence[str],
+    gateway_id: str | None,
+    token: str | SecretStr | None,
+    **options: Any,
+) -> CloudflareGateway | None:
+    """Return the Cloudflare AI Gateway the settings and the environment ask for, if any."""
+    explicit = gateway_id is not None
+    gateway_id = gateway_id or os.environ.get(workers_ai.GATEWAY_ENV) or None
+    if gateway_id is None:
+        given = [k for k, v in options.items() if v not in (None, False)]
+        if given or token is not None:
+            raise ConfigurationError(
+                f"gateway_{(given or ['token'])[0]} configures Cloudflare AI Gateway: set "
+                f"gateway_id (or {workers_ai.GATEWAY_ENV}) too."
+            )
+        return None
+    if "cloudflare" not in providers:
+        if explicit:
+            raise ConfigurationError(
+                "gateway_id routes provider='cloudflare' through Cloudflare AI Gateway (the "
+                "Cloudflare product); the AI Gateway provider needs no gateway_id."
+            )
+        return None
+    token = token if token is not None else os.environ.get(workers_ai.GATEWAY_TOKEN_ENV)
+    secret = SecretStr(token) if isinstance(token, str) else token
+    return CloudflareGateway(gateway_id, secret or None, **options)
+
+
+def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Return user headers as a dict, refusing any that would replace a credential.
+
+    Raises:
+        ConfigurationError: a header is a credential header.
+
+    """
+    out = dict(headers or {})
+    for name in out:
+        if name.lower() in ("authorization", "cf-aig-authorization"):
+            raise ConfigurationError(
+                f"The header {name!r} would replace a credential: pass the key as api_key "
+                "(or the Cloudflare AI Gateway token as gateway_token) instead."
+            )
+    return out
 
 
 class LlamaVisionClient:
@@ -169,6 +244,18 @@ class LlamaVisionClient:
             transport; other providers always use ``image_url``.
         image_options: how images are validated, downscaled and encoded.
         prices: USD prices per provider, overriding the defaults.
+        default_headers: HTTP headers sent with every provider request (never the
+            credential's: ``Authorization`` is refused, pass ``api_key``).
+        gateway_id: route ``provider="cloudflare"`` through Cloudflare AI Gateway (the
+            Cloudflare product, not the AI Gateway provider); defaults to
+            ``CLOUDFLARE_GATEWAY_ID``.
+        gateway_token: the token of an authenticated gateway; defaults to
+            ``CLOUDFLARE_AI_GATEWAY_AUTH``.
+        gateway_cache_ttl: seconds the gateway answers an identical request from its cache
+            (a cache hit costs nothing).
+        gateway_skip_cache: bypass the gateway's cache.
+        gateway_cache_key: a cache key of your own.
+        gateway_metadata: tags for the gateway's logs (a flat dict).
         http_client: an ``httpx.Client`` to use instead of the client's own.
         http_async_client: an ``httpx.AsyncClient`` to use instead of the client's own.
 
@@ -205,6 +292,13 @@ class LlamaVisionClient:
         image_transport: Literal["image_url", "image"] = "image_url",
         image_options: ImageOptions | None = None,
         prices: Mapping[str, Price] | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        gateway_id: str | None = None,
+        gateway_token: str | SecretStr | None = None,
+        gateway_cache_ttl: int | None = None,
+        gateway_skip_cache: bool = False,
+        gateway_cache_key: str | None = None,
+        gateway_metadata: Mapping[str, str | int | float | bool] | None = None,
         http_client: httpx.Client | None = None,
         http_async_client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -229,22 +323,29 @@ class LlamaVisionClient:
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
 
-        self.endpoints: tuple[Endpoint, ...] = (
+        names = [provider, *fallback_providers]
+        gateway = _gateway(
+            names,
+            gateway_id,
+            gateway_token,
+            cache_ttl=gateway_cache_ttl,
+            skip_cache=gateway_skip_cache,
+            cache_key=gateway_cache_key,
+            metadata=gateway_metadata,
+        )
+        self.endpoints: tuple[Endpoint, ...] = tuple(
             make_endpoint(
-                provider,
-                api_key=api_key,
+                name,
+                api_key=api_key if i == 0 else None,
                 account_id=account_id,
-                base_url=base_url,
-                model=model,
-                price=prices.get(provider),
-                governor=governor or make_governor(),
-            ),
-            *(
-                make_endpoint(
-                    name, account_id=account_id, price=prices.get(name), governor=make_governor()
-                )
-                for name in fallback_providers
-            ),
+                base_url=base_url if i == 0 else None,
+                model=model if i == 0 else None,
+                price=prices.get(name),
+                governor=(governor if i == 0 else None) or make_governor(),
+                default_headers=default_headers,
+                gateway=gateway if name == "cloudflare" else None,
+            )
+            for i, name in enumerate(names)
         )
         self.timeout = timeout
         self.max_retries = max_retries
@@ -290,7 +391,7 @@ class LlamaVisionClient:
     def _clean(self, value: T) -> T:
         """Return ``value`` with this client's secrets replaced, if it is text."""
         if isinstance(value, str):
-            secrets = (ep.api_key.get_secret_value() for ep in self.endpoints)
+            secrets = (secret for ep in self.endpoints for secret in ep.secrets())
             for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
                 value = value.replace(secret, "[redacted]")  # type: ignore[assignment]
         return value
@@ -316,6 +417,7 @@ class LlamaVisionClient:
         tools: Sequence[Tool] = (),
         tool_choice: ToolChoice | None = None,
         params: GenerationParams | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> ChatResult:
         """Send a conversation and return the complete answer.
@@ -325,6 +427,7 @@ class LlamaVisionClient:
             tools: tools the model may call.
             tool_choice: ``"auto"``, ``"none"``, ``"required"`` or a tool's name.
             params: sampling parameters.
+            extra_headers: HTTP headers for this call only (added to ``default_headers``).
             **overrides: fields of :class:`GenerationParams` (``temperature=0.2``) that
                 override ``params``.
 
@@ -332,7 +435,9 @@ class LlamaVisionClient:
             LlamaVisionError: a typed subclass saying what went wrong and what to do.
 
         """
-        request = self._request(messages, tools, tool_choice, params, overrides, stream=False)
+        request = self._request(
+            messages, tools, tool_choice, params, overrides, extra_headers, stream=False
+        )
         messages_for = self._image_resolver(request)
         return self._retrying(lambda ep, ticket: self._chat_once(ep, messages_for(ep), ticket))
 
@@ -343,6 +448,7 @@ class LlamaVisionClient:
         tools: Sequence[Tool] = (),
         tool_choice: ToolChoice | None = None,
         params: GenerationParams | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> Iterator[StreamDelta]:
         """Stream the answer, delta by delta, as it arrives.
@@ -356,7 +462,9 @@ class LlamaVisionClient:
             LlamaVisionError: any other failure, before anything was yielded.
 
         """
-        request = self._request(messages, tools, tool_choice, params, overrides, stream=True)
+        request = self._request(
+            messages, tools, tool_choice, params, overrides, extra_headers, stream=True
+        )
         messages_for = self._image_resolver(request)
         opened = self._retrying(lambda ep, ticket: self._open_stream(ep, messages_for(ep), ticket))
         return opened.deltas()
@@ -390,10 +498,13 @@ class LlamaVisionClient:
         tools: Sequence[Tool] = (),
         tool_choice: ToolChoice | None = None,
         params: GenerationParams | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> ChatResult:
         """Async form of :meth:`chat`."""
-        request = self._request(messages, tools, tool_choice, params, overrides, stream=False)
+        request = self._request(
+            messages, tools, tool_choice, params, overrides, extra_headers, stream=False
+        )
         messages_for = await self._aimage_resolver(request)
 
         async def once(ep: Endpoint, ticket: Releasable) -> ChatResult:
@@ -408,10 +519,13 @@ class LlamaVisionClient:
         tools: Sequence[Tool] = (),
         tool_choice: ToolChoice | None = None,
         params: GenerationParams | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> AsyncIterator[StreamDelta]:
         """Async form of :meth:`stream`."""
-        request = self._request(messages, tools, tool_choice, params, overrides, stream=True)
+        request = self._request(
+            messages, tools, tool_choice, params, overrides, extra_headers, stream=True
+        )
         messages_for = await self._aimage_resolver(request)
 
         async def once(ep: Endpoint, ticket: Releasable) -> _AsyncOpenStream:
@@ -467,6 +581,7 @@ class LlamaVisionClient:
         tool_choice: ToolChoice | None,
         params: GenerationParams | None,
         overrides: Mapping[str, Any],
+        extra_headers: Mapping[str, str] | None,
         *,
         stream: bool,
     ) -> ChatRequest:
@@ -491,6 +606,7 @@ class LlamaVisionClient:
             tools=tuple(tools),
             tool_choice=tool_choice,
             stream=stream,
+            headers=check_headers(extra_headers),
         )
 
     def _retry_delay(self, error: LlamaVisionError, attempt: int) -> float | None:
@@ -594,8 +710,10 @@ class LlamaVisionClient:
         result.provider = ep.provider
         result.model = result.model or ep.model
         result.request_id = headers.get(ep.codec.REQUEST_ID_HEADER) or result.request_id
+        result.metadata = ep.codec.response_metadata(headers)
         if result.usage is not None:
-            result.cost = ep.price.cost(result.usage)
+            free = ep.codec.served_from_cache(headers)
+            result.cost = 0.0 if free else ep.price.cost(result.usage)
 
     def _empty(self, ep: Endpoint, prepared: ChatRequest, request_id: str | None) -> None:
         """Warn about an empty answer to an image request (reported as a silent failure)."""
@@ -753,7 +871,10 @@ class LlamaVisionClient:
         path, body = _license_request(ep)
         logger.warning("accepting Meta's license on %s for this account", ep.provider)
         response = _send(
-            lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
+            lambda: self._client().post(
+                ep.base_url + path, json=body, headers=ep.headers(cache=False)
+            ),
+            ep,
         )
         self._after_agree(ep, response)
 
@@ -761,7 +882,7 @@ class LlamaVisionClient:
         path, body = _license_request(ep)
         logger.warning("accepting Meta's license on %s for this account", ep.provider)
         response = await _asend(
-            self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
+            self._aclient().post(ep.base_url + path, json=body, headers=ep.headers(cache=False)), ep
         )
         self._after_agree(ep, response)
 
@@ -777,7 +898,10 @@ class LlamaVisionClient:
     def _chat_once(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> ChatResult:
         path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         response = _send(
-            lambda: self._client().post(ep.base_url + path, json=body, headers=ep.headers()), ep
+            lambda: self._client().post(
+                ep.base_url + path, json=body, headers=ep.headers(prepared.headers)
+            ),
+            ep,
         )
         try:
             result = self._parse_reply(ep, response, body.get("max_tokens"), prepared)
@@ -791,7 +915,10 @@ class LlamaVisionClient:
     ) -> ChatResult:
         path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         response = await _asend(
-            self._aclient().post(ep.base_url + path, json=body, headers=ep.headers()), ep
+            self._aclient().post(
+                ep.base_url + path, json=body, headers=ep.headers(prepared.headers)
+            ),
+            ep,
         )
         try:
             result = self._parse_reply(ep, response, body.get("max_tokens"), prepared)
@@ -827,7 +954,9 @@ class LlamaVisionClient:
     def _open_stream(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> _OpenStream:
         path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         http = self._client()
-        req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
+        req = http.build_request(
+            "POST", ep.base_url + path, json=body, headers=ep.headers(prepared.headers)
+        )
         response = _send(lambda: http.send(req, stream=True), ep)
         opened = _OpenStream(self, ep, prepared, response, body.get("max_tokens"), ticket)
         opened.start()
@@ -838,7 +967,9 @@ class LlamaVisionClient:
     ) -> _AsyncOpenStream:
         path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         http = self._aclient()
-        req = http.build_request("POST", ep.base_url + path, json=body, headers=ep.headers())
+        req = http.build_request(
+            "POST", ep.base_url + path, json=body, headers=ep.headers(prepared.headers)
+        )
         response = await _asend(http.send(req, stream=True), ep)
         opened = _AsyncOpenStream(self, ep, prepared, response, body.get("max_tokens"), ticket)
         await opened.start()

@@ -207,6 +207,8 @@ class ChatRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     stream: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """HTTP headers for this call only (the client sends them; codecs ignore them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,8 @@ class ChatResult:
 
     ``cost`` is in USD, computed from the client's price table; ``raw`` is the provider's reply.
     ``invalid_tool_calls`` holds calls whose arguments were not a JSON object, kept verbatim.
+    ``metadata`` holds what the response headers said beyond the body (a Cloudflare AI
+    Gateway cache status and log id, for instance).
     """
 
     text: str
@@ -251,6 +255,7 @@ class ChatResult:
     model: str | None = None
     request_id: str | None = None
     raw: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_message(self) -> Message:
         """Return this answer as an assistant message, ready to append to the conversation."""
@@ -276,7 +281,7 @@ class StreamDelta:
     """One step of a streamed answer.
 
     Text and tool-call fragments as they arrive; the last delta of a stream carries the
-    finish reason, usage and cost instead.
+    finish reason, usage, cost and metadata instead.
     """
 
     text: str = ""
@@ -287,6 +292,7 @@ class StreamDelta:
     provider: str | None = None
     model: str | None = None
     request_id: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 def result_metadata(result: ChatResult | StreamDelta | StreamAccumulator) -> dict[str, Any]:
@@ -301,6 +307,7 @@ def result_metadata(result: ChatResult | StreamDelta | StreamAccumulator) -> dic
         "finish_reason": result.finish_reason,
         "request_id": result.request_id,
         "cost": result.cost,
+        **(result.metadata or {}),
     }
 
 
@@ -348,6 +355,7 @@ class StreamAccumulator:
         "_pieces",
         "cost",
         "finish_reason",
+        "metadata",
         "model",
         "provider",
         "request_id",
@@ -363,6 +371,7 @@ class StreamAccumulator:
         self.provider: str | None = None
         self.model: str | None = None
         self.request_id: str | None = None
+        self.metadata: dict[str, Any] = {}
 
     def add(self, delta: StreamDelta) -> None:
         """Take in one delta."""
@@ -383,6 +392,8 @@ class StreamAccumulator:
         self.provider = delta.provider or self.provider
         self.model = delta.model or self.model
         self.request_id = delta.request_id or self.request_id
+        if delta.metadata:
+            self.metadata.update(delta.metadata)
 
     @property
     def text(self) -> str:
@@ -413,4 +424,5 @@ class StreamAccumulator:
             provider=self.provider,
             model=self.model,
             request_id=self.request_id,
+            metadata=dict(self.metadata),
         )

@@ -61,6 +61,23 @@ class LlamaVisionSettings(BaseModel):
     presence_penalty: float | None = None
     repetition_penalty: float | None = None
     stop: list[str] | None = None
+    default_headers: dict[str, str] | None = None
+    """HTTP headers sent with every request (``Authorization`` is refused: use ``api_key``);
+    per call, pass ``extra_headers``."""
+    gateway_id: str | None = None
+    """Route ``provider="cloudflare"`` through Cloudflare AI Gateway (the Cloudflare product,
+    not the AI Gateway provider); defaults to ``CLOUDFLARE_GATEWAY_ID``."""
+    gateway_token: SecretStr | None = None
+    """Token of an authenticated Cloudflare AI Gateway; defaults to
+    ``CLOUDFLARE_AI_GATEWAY_AUTH``."""
+    gateway_cache_ttl: int | None = None
+    """Seconds Cloudflare AI Gateway answers an identical request from its cache (free)."""
+    gateway_skip_cache: bool = False
+    """Bypass Cloudflare AI Gateway's cache."""
+    gateway_cache_key: str | None = None
+    """A Cloudflare AI Gateway cache key of your own."""
+    gateway_metadata: dict[str, str | int | float | bool] | None = None
+    """Tags for Cloudflare AI Gateway's logs."""
     http_client: Any = Field(default=None, exclude=True)
     """An ``httpx.Client`` to use for sync calls."""
     http_async_client: Any = Field(default=None, exclude=True)
@@ -91,6 +108,13 @@ class LlamaVisionSettings(BaseModel):
             multi_image=self.multi_image,
             image_transport=self.image_transport,
             image_options=self.image_options,
+            default_headers=self.default_headers,
+            gateway_id=self.gateway_id,
+            gateway_token=self.gateway_token,
+            gateway_cache_ttl=self.gateway_cache_ttl,
+            gateway_skip_cache=self.gateway_skip_cache,
+            gateway_cache_key=self.gateway_cache_key,
+            gateway_metadata=self.gateway_metadata,
             http_client=self.http_client,
             http_async_client=self.http_async_client,
         )
@@ -113,15 +137,18 @@ class LlamaVisionSettings(BaseModel):
             tools: OpenAI-style tool definitions, as the frameworks' converters give them.
             tool_choice: any framework spelling (see :func:`normalize_tool_choice`).
             extra: body parameters sent as they are.
-            **overrides: per-call sampling parameters (see :meth:`generation_params`).
+            **overrides: per-call sampling parameters (see :meth:`generation_params`), and
+                ``extra_headers`` (HTTP headers for this call).
 
         """
         core_tools = tuple(Tool.from_openai(t) for t in tools or ())
+        headers = overrides.pop("extra_headers", None)
         return {
             "messages": messages,
             "tools": core_tools,
             "tool_choice": normalize_tool_choice(tool_choice, core_tools),
             "params": self.generation_params(extra=extra, **overrides),
+            "extra_headers": headers,
         }
 
     def generation_params(self, **overrides: Any) -> GenerationParams:

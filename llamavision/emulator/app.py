@@ -218,6 +218,8 @@ class Emulator:
         rate_burst: requests the bucket holds when rested; by default five seconds' worth.
         keep_requests: how many received requests :attr:`requests` keeps (the latest), so
             that a long run does not keep every image; :attr:`counters` counts them all.
+        gateway_token: make the Cloudflare AI Gateway route an authenticated gateway that
+            wants this token in ``cf-aig-authorization``.
 
     Attributes:
         requests: the latest received model requests, oldest first.
@@ -236,6 +238,7 @@ class Emulator:
         rate_limit: float | None = None,
         rate_burst: float | None = None,
         keep_requests: int = 1000,
+        gateway_token: str | None = None,
     ) -> None:
         from llamavision.emulator import aigateway, cloudflare
 
@@ -249,6 +252,8 @@ class Emulator:
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.counters = {"requests": 0, "received": 0, "rate_limited": 0}
+        self.gateway_token = gateway_token
+        self.gateway_cache: dict[str, tuple[float, Response]] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -310,6 +315,7 @@ class Emulator:
             self._hosted.clear()
             self.downloads.clear()
             self._buckets.clear()
+            self.gateway_cache.clear()
             self._hold = None
             self.counters = dict.fromkeys(self.counters, 0)
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import itertools
 import json
 import re
+import time
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
 
 NAME = "cloudflare"
 ROUTE = re.compile(r"^/client/v4/accounts/([^/]+)/ai/run/(.+)$")
+GATEWAY_ROUTE = re.compile(r"^/v1/([^/]+)/([^/]+)/workers-ai/(.+)$")  # Cloudflare AI Gateway
 ROLES = {"system", "user", "assistant", "tool"}
 LICENSE_MESSAGE = (
     "Prior to using this model, you must submit the prompt 'agree' to agree to the Meta "
@@ -49,8 +54,8 @@ _CODES = {
 
 
 def matches(path: str) -> bool:
-    """Return whether this route serves ``path``."""
-    return ROUTE.match(path) is not None
+    """Return whether this route serves ``path`` (directly, or through Cloudflare AI Gateway)."""
+    return ROUTE.match(path) is not None or GATEWAY_ROUTE.match(path) is not None
 
 
 def error_response(error: EmulatorError) -> Response:
@@ -71,7 +76,7 @@ def error_response(error: EmulatorError) -> Response:
 
 def account(path: str, headers: Mapping[str, str]) -> str:
     """Return the caller: Workers AI limits rates per account."""
-    match = ROUTE.match(path)
+    match = ROUTE.match(path) or GATEWAY_ROUTE.match(path)
     return match.group(1) if match else ""
 
 
@@ -176,8 +181,48 @@ def parse(path: str, headers: dict[str, str], body: Any) -> Received:
 
 
 def handle(emulator: Emulator, path: str, headers: dict[str, str], raw: bytes) -> Response:
-    """Serve one ``/ai/run/`` request, with the license gate."""
-    account, model = ROUTE.match(path).groups()  # type: ignore[union-attr]
+    """Serve one request, directly or through Cloudflare AI Gateway."""
+    direct = ROUTE.match(path)
+    if direct is not None:
+        account, model = direct.groups()
+        return _run(emulator, account, model, path, headers, raw)
+    account, gateway, model = GATEWAY_ROUTE.match(path).groups()  # type: ignore[union-attr]
+    token = emulator.gateway_token
+    if token is not None and headers.get("cf-aig-authorization") != f"Bearer {token}":
+        raise EmulatorError(401, "Unauthorized: this gateway needs a valid cf-aig-authorization")
+    ttl = headers.get("cf-aig-cache-ttl")
+    key = (
+        headers.get("cf-aig-cache-key")
+        or hashlib.sha256(f"{account}/{gateway}/{model}".encode() + raw).hexdigest()
+    )
+    use_cache = ttl is not None and ttl.isdigit() and headers.get("cf-aig-skip-cache") != "true"
+    cached = emulator.gateway_cache.get(key) if use_cache else None
+    if cached is not None and cached[0] > time.monotonic():
+        response, status = _copy(cached[1]), "HIT"
+    else:
+        response, status = _run(emulator, account, model, path, headers, raw), "MISS"
+        if use_cache and response.status == 200 and ttl is not None:
+            emulator.gateway_cache[key] = (time.monotonic() + int(ttl), _copy(response))
+    response.headers.update(
+        {
+            "cf-aig-cache-status": status,
+            "cf-aig-log-id": uuid.uuid4().hex,
+            "cf-aig-event-id": uuid.uuid4().hex,
+        }
+    )
+    return response
+
+
+def _copy(response: Response) -> Response:
+    """Copy a response (faults alter what they are given; the cache keeps its own)."""
+    events = None if response.events is None else list(response.events)
+    return dataclasses.replace(response, headers=dict(response.headers), events=events)
+
+
+def _run(
+    emulator: Emulator, account: str, model: str, path: str, headers: dict[str, str], raw: bytes
+) -> Response:
+    """Serve one Workers AI run, with the license gate."""
     if not emulator.check_key(NAME, headers):
         raise EmulatorError(401, "Authentication error", 10000)
     if model != workers_ai.DEFAULT_MODEL:

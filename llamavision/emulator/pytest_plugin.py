@@ -29,6 +29,7 @@ def emulator(emulator_server: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -
     emulator_server.emulator.cloudflare_stream_shape = "response"
     emulator_server.emulator.rate_limit = None
     emulator_server.emulator.rate_burst = None
+    emulator_server.emulator.gateway_token = None
     for key, value in emulator_server.env().items():
         monkeypatch.setenv(key, value)
     return emulator_server.emulator

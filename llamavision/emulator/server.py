@@ -79,6 +79,11 @@ class EmulatorServer:
         """The base URL to give the client for ``provider="cloudflare"``."""
         return f"{self.url}/client/v4/accounts/{{account_id}}/ai/run"
 
+    @property
+    def cloudflare_gateway_base_url(self) -> str:
+        """The base URL of the emulated Cloudflare AI Gateway route (``gateway_id=...``)."""
+        return f"{self.url}/v1/{{account_id}}/{{gateway_id}}/workers-ai"
+
     def env(self) -> dict[str, str]:
         """Return the environment variables that select this emulator and its keys."""
         return emulator_env(self.url, self.emulator.keys)
@@ -165,6 +170,7 @@ def emulator_env(url: str, keys: dict[str, str] | None = None) -> dict[str, str]
         "CLOUDFLARE_API_TOKEN": keys["cloudflare"],
         "CLOUDFLARE_ACCOUNT_ID": DEFAULT_ACCOUNT_ID,
         "CLOUDFLARE_BASE_URL": f"{url}/client/v4/accounts/{{account_id}}/ai/run",
+        "CLOUDFLARE_GATEWAY_BASE_URL": f"{url}/v1/{{account_id}}/{{gateway_id}}/workers-ai",
     }
 
 

@@ -8,10 +8,40 @@ means adding one module that satisfies :class:`Codec` (and one emulator route).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from pydantic import SecretStr
 
 from llamavision.errors import LlamaVisionError
 from llamavision.messages import ChatRequest, ChatResult, Price, StreamDelta
+
+
+@dataclass(frozen=True)
+class CloudflareGateway:
+    """Cloudflare AI Gateway (the Cloudflare product) in front of Workers AI.
+
+    Not to be confused with the AI Gateway *provider* (``provider="aigateway"``): this routes
+    the ``cloudflare`` provider through ``gateway.ai.cloudflare.com`` for caching, logs and
+    spend limits.
+
+    Attributes:
+        gateway_id: the gateway's name in the Cloudflare dashboard.
+        token: the token of an authenticated gateway (sent as ``cf-aig-authorization``).
+        cache_ttl: seconds an identical request is answered from the gateway's cache.
+        skip_cache: bypass the cache for these requests.
+        cache_key: a cache key of your own instead of the request's hash. It applies to
+            every request of the client: for one request, pass it in ``extra_headers``.
+        metadata: tags for the gateway's logs (a flat dict of str, int, float or bool).
+
+    """
+
+    gateway_id: str
+    token: SecretStr | None = field(default=None, repr=False)
+    cache_ttl: int | None = None
+    skip_cache: bool = False
+    cache_key: str | None = None
+    metadata: Mapping[str, str | int | float | bool] | None = None
 
 
 class StreamParser(Protocol):
@@ -75,6 +105,10 @@ class Codec(Protocol):
     def REQUEST_ID_HEADER(self) -> str:
         """The response header carrying the provider's request id."""
 
+    @property
+    def GATEWAY_BASE_URL(self) -> str | None:
+        """The Cloudflare AI Gateway endpoint for this provider, if it can be routed so."""
+
     def build_payload(
         self, request: ChatRequest, *, image_field: bool = False
     ) -> tuple[str, dict[str, Any]]:
@@ -102,3 +136,16 @@ class Codec(Protocol):
 
     def license_agreement(self, model: str) -> tuple[str, dict[str, Any]] | None:
         """Return the request that accepts the model's license, if the provider has one."""
+
+    def gateway_headers(self, gateway: CloudflareGateway, *, cache: bool = True) -> dict[str, str]:
+        """Return the request headers that configure a Cloudflare AI Gateway.
+
+        With ``cache=False`` (internal requests, such as a license acceptance) the request
+        bypasses the gateway's cache whatever the settings say.
+        """
+
+    def response_metadata(self, headers: Mapping[str, str]) -> dict[str, Any]:
+        """Return what the response headers say beyond the body (e.g. a gateway cache hit)."""
+
+    def served_from_cache(self, headers: Mapping[str, str]) -> bool:
+        """Return whether the answer came from a cache (and so cost nothing)."""

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llamavision.errors import (
+    ConfigurationError,
     ErrorKind,
     InsufficientCreditsError,
     LlamaVisionError,
@@ -48,6 +49,7 @@ from llamavision.providers._common import (
     malformed,
     parse_usage,
 )
+from llamavision.providers.codec import CloudflareGateway
 
 NAME = "aigateway"
 DEFAULT_BASE_URL = "https://api.aigateway.sh/v1"
@@ -61,6 +63,7 @@ Workers AI (Cloudflare's ``/ai/v1``) otherwise cut answers at 256 tokens."""
 PRICE = Price(input_per_million=0.049, output_per_million=0.680)
 FETCHES_IMAGE_URLS = True
 REQUEST_ID_HEADER = "x-request-id"
+GATEWAY_BASE_URL = None  # Cloudflare AI Gateway fronts the cloudflare provider here
 PATH = "/chat/completions"
 _SAMPLING = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 _FINISH: dict[str, FinishReason] = {
@@ -172,6 +175,24 @@ def _message(message: Message) -> dict[str, Any]:
 
 def license_agreement(model: str) -> None:
     """OpenAI-compatible servers have no license gate."""
+
+
+def gateway_headers(gateway: CloudflareGateway, *, cache: bool = True) -> dict[str, str]:
+    """Refuse: this provider is not routed through Cloudflare AI Gateway here."""
+    raise ConfigurationError(
+        "Cloudflare AI Gateway (gateway_id) routes provider='cloudflare'; the AI Gateway "
+        "provider is reached directly."
+    )
+
+
+def response_metadata(headers: Mapping[str, str]) -> dict[str, Any]:
+    """Nothing beyond the body."""
+    return {}
+
+
+def served_from_cache(headers: Mapping[str, str]) -> bool:
+    """No cache in front of this provider."""
+    return False
 
 
 def parse_result(body: Any, *, max_tokens: int | None = None) -> ChatResult:

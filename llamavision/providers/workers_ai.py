@@ -61,6 +61,7 @@ from llamavision.providers._common import (
     malformed,
     parse_usage,
 )
+from llamavision.providers.codec import CloudflareGateway
 
 NAME = "cloudflare"
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4/accounts/{account_id}/ai/run"
@@ -74,6 +75,9 @@ model is 256, which cuts ordinary answers short without saying so."""
 PRICE = Price(input_per_million=0.24, output_per_million=0.24)
 FETCHES_IMAGE_URLS = False
 REQUEST_ID_HEADER = "cf-ray"
+GATEWAY_BASE_URL = "https://gateway.ai.cloudflare.com/v1/{account_id}/{gateway_id}/workers-ai"
+GATEWAY_ENV = "CLOUDFLARE_GATEWAY_ID"  # the names pydantic-ai's Cloudflare provider reads too
+GATEWAY_TOKEN_ENV = "CLOUDFLARE_AI_GATEWAY_AUTH"
 LICENSE_ERROR_CODE = 5016
 AGREE_PAYLOAD = {"prompt": "agree"}
 _AUTH_CODES = frozenset({10000, 10001, 9106, 9109})
@@ -217,6 +221,44 @@ def _inline(image: Image) -> ResolvedImage:
 def license_agreement(model: str) -> tuple[str, dict[str, Any]]:
     """Return the request that accepts Meta's license for the account (sent once)."""
     return path_for(model), dict(AGREE_PAYLOAD)
+
+
+def gateway_headers(gateway: CloudflareGateway, *, cache: bool = True) -> dict[str, str]:
+    """Return the ``cf-aig-*`` request headers of a Cloudflare AI Gateway (PROVIDERS.md 4).
+
+    ``cache=False`` bypasses the gateway's cache (for internal requests).
+    """
+    headers: dict[str, str] = {}
+    if gateway.token is not None:
+        headers["cf-aig-authorization"] = f"Bearer {gateway.token.get_secret_value()}"
+    if cache and gateway.cache_ttl is not None:
+        headers["cf-aig-cache-ttl"] = str(int(gateway.cache_ttl))
+    if gateway.skip_cache or not cache:
+        headers["cf-aig-skip-cache"] = "true"
+    if cache and gateway.cache_key:
+        headers["cf-aig-cache-key"] = gateway.cache_key
+    if gateway.metadata:
+        headers["cf-aig-metadata"] = json.dumps(dict(gateway.metadata), separators=(",", ":"))
+    return headers
+
+
+def response_metadata(headers: Mapping[str, str]) -> dict[str, Any]:
+    """Return what Cloudflare AI Gateway says about an answer: cache status, log and event id."""
+    found = {
+        name: headers.get(f"cf-aig-{header}")
+        for name, header in (
+            ("cache_status", "cache-status"),
+            ("log_id", "log-id"),
+            ("event_id", "event-id"),
+        )
+    }
+    gateway = {k: v for k, v in found.items() if v}
+    return {"cloudflare_ai_gateway": gateway} if gateway else {}
+
+
+def served_from_cache(headers: Mapping[str, str]) -> bool:
+    """Return whether Cloudflare AI Gateway answered from its cache (which costs nothing)."""
+    return headers.get("cf-aig-cache-status", "").upper() == "HIT"
 
 
 def mint_tool_call_id(index: int, name: str, arguments: Any) -> str:
@@ -434,7 +476,8 @@ def error_from_body(
     if code in _AUTH_CODES and status in (400, 401, 403):
         return AuthenticationError(
             f"{NAME} returned HTTP {status}: {message} Check {KEY_ENV} (a token with Workers AI "
-            f"permission) and {ACCOUNT_ENV}.",
+            f"permission) and {ACCOUNT_ENV}, and through Cloudflare AI Gateway the gateway's "
+            f"token ({GATEWAY_TOKEN_ENV}).",
             provider=NAME,
             status_code=status,
             code=code,
