@@ -78,6 +78,7 @@ class LlamaVisionMultiModal(LlamaVisionSettings, MultiModalLLM):
                 "callback_manager",
                 "api_key",
                 "gateway_token",
+                "tracer_provider",
                 "http_client",
                 "http_async_client",
                 "rate_limiter",
@@ -87,6 +88,7 @@ class LlamaVisionMultiModal(LlamaVisionSettings, MultiModalLLM):
             **settings,
             api_key=self.api_key,
             gateway_token=self.gateway_token,
+            tracer_provider=self.tracer_provider,
             http_client=self.http_client,
             http_async_client=self.http_async_client,
         )

@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import SecretStr
 
-from llamavision import __version__, downloads
+from llamavision import __version__, downloads, tracing
 from llamavision.errors import (
     APIConnectionError,
     ConfigurationError,
@@ -256,6 +256,9 @@ class LlamaVisionClient:
         gateway_skip_cache: bypass the gateway's cache.
         gateway_cache_key: a cache key of your own.
         gateway_metadata: tags for the gateway's logs (a flat dict).
+        tracer_provider: an OpenTelemetry tracer provider; by default the application's
+            global one (no spans, at the cost of one check, when none is configured).
+        trace_content: record prompts and answers in spans (images only as their type).
         http_client: an ``httpx.Client`` to use instead of the client's own.
         http_async_client: an ``httpx.AsyncClient`` to use instead of the client's own.
 
@@ -299,6 +302,8 @@ class LlamaVisionClient:
         gateway_skip_cache: bool = False,
         gateway_cache_key: str | None = None,
         gateway_metadata: Mapping[str, str | int | float | bool] | None = None,
+        tracer_provider: Any = None,
+        trace_content: bool = False,
         http_client: httpx.Client | None = None,
         http_async_client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -311,6 +316,8 @@ class LlamaVisionClient:
                 f"image_transport must be 'image_url' or 'image', not {image_transport!r}."
             )
         self.image_field = image_transport == "image"
+        self.tracer_provider = tracer_provider
+        self.trace_content = trace_content
         prices = prices or {}
 
         def make_governor() -> RateGovernor:
@@ -438,8 +445,18 @@ class LlamaVisionClient:
         request = self._request(
             messages, tools, tool_choice, params, overrides, extra_headers, stream=False
         )
-        messages_for = self._image_resolver(request)
-        return self._retrying(lambda ep, ticket: self._chat_once(ep, messages_for(ep), ticket))
+        call = self._trace(request)
+        try:
+            messages_for = self._image_resolver(request)
+            with call.current():
+                result = self._retrying(
+                    lambda ep, ticket: self._chat_once(ep, messages_for(ep), ticket), call
+                )
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        call.end(result, *self._answered_by(result))
+        return result
 
     def stream(
         self,
@@ -465,8 +482,17 @@ class LlamaVisionClient:
         request = self._request(
             messages, tools, tool_choice, params, overrides, extra_headers, stream=True
         )
-        messages_for = self._image_resolver(request)
-        opened = self._retrying(lambda ep, ticket: self._open_stream(ep, messages_for(ep), ticket))
+        call = self._trace(request)
+        try:
+            messages_for = self._image_resolver(request)
+            with call.current():
+                opened = self._retrying(
+                    lambda ep, ticket: self._open_stream(ep, messages_for(ep), ticket), call
+                )
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        opened.call = call  # the span ends with the stream's last chunk
         return opened.deltas()
 
     def close(self) -> None:
@@ -505,12 +531,20 @@ class LlamaVisionClient:
         request = self._request(
             messages, tools, tool_choice, params, overrides, extra_headers, stream=False
         )
-        messages_for = await self._aimage_resolver(request)
+        call = self._trace(request)
+        try:
+            messages_for = await self._aimage_resolver(request)
 
-        async def once(ep: Endpoint, ticket: Releasable) -> ChatResult:
-            return await self._achat_once(ep, await messages_for(ep), ticket)
+            async def once(ep: Endpoint, ticket: Releasable) -> ChatResult:
+                return await self._achat_once(ep, await messages_for(ep), ticket)
 
-        return await self._aretrying(once)
+            with call.current():
+                result = await self._aretrying(once, call)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        call.end(result, *self._answered_by(result))
+        return result
 
     async def astream(
         self,
@@ -526,12 +560,19 @@ class LlamaVisionClient:
         request = self._request(
             messages, tools, tool_choice, params, overrides, extra_headers, stream=True
         )
-        messages_for = await self._aimage_resolver(request)
+        call = self._trace(request)
+        try:
+            messages_for = await self._aimage_resolver(request)
 
-        async def once(ep: Endpoint, ticket: Releasable) -> _AsyncOpenStream:
-            return await self._aopen_stream(ep, await messages_for(ep), ticket)
+            async def once(ep: Endpoint, ticket: Releasable) -> _AsyncOpenStream:
+                return await self._aopen_stream(ep, await messages_for(ep), ticket)
 
-        opened = await self._aretrying(once)
+            with call.current():
+                opened = await self._aretrying(once, call)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        opened.call = call
         async for delta in opened.deltas():
             yield delta
 
@@ -626,7 +667,12 @@ class LlamaVisionClient:
         return float(backoff * (0.5 + random.random()))
 
     def _next_step(
-        self, ep: Endpoint, error: LlamaVisionError, attempt: int, is_last: bool
+        self,
+        ep: Endpoint,
+        error: LlamaVisionError,
+        attempt: int,
+        is_last: bool,
+        call: tracing.Call = tracing.NOT_TRACED,
     ) -> float | None:
         """Decide after a failure: a delay to retry ``ep``, ``None`` to move on, or raise."""
         if isinstance(error, LicenseAgreementRequiredError):
@@ -636,20 +682,24 @@ class LlamaVisionClient:
         delay = self._retry_delay(error, attempt)
         if delay is None and (not error.retryable or is_last):
             raise self.redact(error)
+        kind = type(error).__name__
         if delay is not None:
             logger.info(
                 "%s failed (%s); retry %d/%d %s",
                 ep.provider,
-                type(error).__name__,
+                kind,
                 attempt + 1,
                 self.max_retries,
                 f"in {delay:.2f}s" if delay else "after the shared pause",
             )
+            call.event("retry", provider=ep.provider, attempt=attempt + 1, delay=max(delay, 0.0),
+                       **{"error.type": kind})  # fmt: skip
         else:
-            logger.info("%s failed (%s); failing over", ep.provider, type(error).__name__)
+            logger.info("%s failed (%s); failing over", ep.provider, kind)
+            call.event("failover", provider=ep.provider, **{"error.type": kind})
         return delay
 
-    def _retrying(self, once: Callable[[Endpoint, Releasable], T]) -> T:
+    def _retrying(self, once: Callable[[Endpoint, Releasable], T], call: tracing.Call) -> T:
         """Run ``once`` under each provider's governor, retrying and failing over.
 
         ``once`` releases its ticket when it succeeds (a stream, when it ends); this loop
@@ -663,7 +713,7 @@ class LlamaVisionClient:
                     return once(ep, ticket)
                 except LlamaVisionError as error:
                     ticket.release(error)
-                    delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1)
+                    delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1, call)
                 except BaseException as exc:
                     ticket.release(exc)
                     raise
@@ -677,7 +727,9 @@ class LlamaVisionClient:
                 attempt += 1
         raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
 
-    async def _aretrying(self, once: Callable[[Endpoint, Releasable], Awaitable[T]]) -> T:
+    async def _aretrying(
+        self, once: Callable[[Endpoint, Releasable], Awaitable[T]], call: tracing.Call
+    ) -> T:
         """Async form of :meth:`_retrying`."""
         for i, ep in enumerate(self.endpoints):
             attempt = 0
@@ -687,7 +739,7 @@ class LlamaVisionClient:
                     return await once(ep, ticket)
                 except LlamaVisionError as error:
                     ticket.release(error)
-                    delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1)
+                    delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1, call)
                 except BaseException as exc:
                     ticket.release(exc)
                     raise
@@ -714,6 +766,21 @@ class LlamaVisionClient:
         if result.usage is not None:
             free = ep.codec.served_from_cache(headers)
             result.cost = 0.0 if free else ep.price.cost(result.usage)
+
+    def _trace(self, request: ChatRequest) -> tracing.Call:
+        ep = self.endpoints[0]
+        return tracing.start(
+            request,
+            ep.provider,
+            ep.codec.MAX_OUTPUT_TOKENS,
+            tracer_provider=self.tracer_provider,
+            content=self.trace_content,
+        )
+
+    def _answered_by(self, result: ChatResult | StreamDelta) -> tuple[str, str]:
+        """Return the provider and base URL that answered (after a failover, not the first)."""
+        ep = next((e for e in self.endpoints if e.provider == result.provider), self.endpoints[0])
+        return ep.provider, ep.base_url
 
     def _empty(self, ep: Endpoint, prepared: ChatRequest, request_id: str | None) -> None:
         """Warn about an empty answer to an image request (reported as a silent failure)."""
@@ -1100,6 +1167,7 @@ class _StreamBase:
         self.pending: list[StreamDelta] = []
         self.pieces: list[str] = []
         self.done = False
+        self.call = tracing.NOT_TRACED
 
     def status_error(self) -> LlamaVisionError:
         return _status_error(self.ep, self.response)
@@ -1123,6 +1191,7 @@ class _StreamBase:
     def final(self) -> StreamDelta:
         delta = self.parser.finish()
         self.client._finish(self.ep, delta, self.response.headers)
+        self.call.end(delta, self.ep.provider, self.ep.base_url)
         if not self.pieces and delta.finish_reason != "tool_calls":
             self.client._empty(self.ep, self.prepared, delta.request_id)
         return delta
@@ -1130,6 +1199,7 @@ class _StreamBase:
     def settle(self) -> None:
         """Give the request's slot back: a success only if the stream was read to the end."""
         self.ticket.release(None if self.done else _UNFINISHED)
+        self.call.fail(_UNFINISHED)  # no-op when the last chunk already ended the span
 
     def interrupted(self, exc: BaseException) -> StreamInterruptedError:
         text = "".join(self.pieces)
@@ -1179,7 +1249,9 @@ class _OpenStream(_StreamBase):
                 try:
                     self.pending = self._next()
                 except LlamaVisionError as exc:
-                    raise self.client.redact(self.interrupted(exc)) from exc
+                    error = self.client.redact(self.interrupted(exc))
+                    self.call.fail(error)
+                    raise error from exc
         finally:
             self.response.close()
             _unlink(self.response)
@@ -1223,7 +1295,9 @@ class _AsyncOpenStream(_StreamBase):
                 try:
                     self.pending = await self._next()
                 except LlamaVisionError as exc:
-                    raise self.client.redact(self.interrupted(exc)) from exc
+                    error = self.client.redact(self.interrupted(exc))
+                    self.call.fail(error)
+                    raise error from exc
         finally:
             await self.response.aclose()
             _unlink(self.response)

@@ -78,6 +78,10 @@ class LlamaVisionSettings(BaseModel):
     """A Cloudflare AI Gateway cache key of your own."""
     gateway_metadata: dict[str, str | int | float | bool] | None = None
     """Tags for Cloudflare AI Gateway's logs."""
+    trace_content: bool = False
+    """Record prompts and answers in OpenTelemetry spans (images only as their type)."""
+    tracer_provider: Any = Field(default=None, exclude=True)
+    """An OpenTelemetry tracer provider; by default the application's global one."""
     http_client: Any = Field(default=None, exclude=True)
     """An ``httpx.Client`` to use for sync calls."""
     http_async_client: Any = Field(default=None, exclude=True)
@@ -115,6 +119,8 @@ class LlamaVisionSettings(BaseModel):
             gateway_skip_cache=self.gateway_skip_cache,
             gateway_cache_key=self.gateway_cache_key,
             gateway_metadata=self.gateway_metadata,
+            tracer_provider=self.tracer_provider,
+            trace_content=self.trace_content,
             http_client=self.http_client,
             http_async_client=self.http_async_client,
         )
