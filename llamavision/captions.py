@@ -123,6 +123,44 @@ def load_captions(out: str | Path) -> list[dict[str, Any]]:
     return list(iter_captions(out))
 
 
+class CaptionRecords:
+    """The usable records of a captions file, for document loaders: ``(caption, metadata)``.
+
+    The metadata is the rest of the record, without empty values (vector stores refuse
+    them). Records without a caption, such as error rows of a Ray job written as JSON lines,
+    are skipped and counted in :attr:`skipped`.
+
+    Raises:
+        FileNotFoundError: when iterated, if the file does not exist.
+
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"No captions file at {self.path}: write one with "
+                f"'llamavision caption IMAGES --out {self.path}'."
+            )
+        self.skipped = 0
+        for record in iter_captions(self.path):
+            caption = record.get("caption")
+            if record.get("error") or not isinstance(caption, str) or not caption.strip():
+                self.skipped += 1
+                continue
+            yield (
+                caption,
+                {
+                    k: v
+                    for k, v in record.items()
+                    if k not in ("caption", "error") and v is not None
+                },
+            )
+
+
 def read_image(path: Path) -> tuple[bytes, str]:
     """Read a file once: its bytes and their SHA-256 (the resume key)."""
     data = path.read_bytes()

@@ -1,0 +1,70 @@
+"""The captions of ``llamavision caption`` loaded into LangChain and LlamaIndex indexes."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from langchain_core.documents import Document
+from llama_index.core.indices import MultiModalVectorStoreIndex
+from llama_index.core.schema import ImageDocument
+
+from langchain_llamavision import CaptionLoader
+from llamaindex_llamavision import CaptionReader
+from llamaindex_llamavision.offline import ColourEmbedding
+from llamavision.cli import main
+from llamavision.emulator import Emulator
+
+SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+
+
+@pytest.fixture
+def captions(emulator: Emulator, tmp_path: Path) -> Path:
+    """The output of ``llamavision caption`` over the samples, plus an error row and a torn line."""
+    shutil.copytree(SAMPLES, tmp_path / "images")
+    out = tmp_path / "captions.jsonl"
+    code = main(
+        ["caption", str(tmp_path / "images"), "--out", str(out)], io.StringIO(), io.StringIO()
+    )
+    assert code == 0
+    with out.open("a") as f:
+        f.write(json.dumps({"image_path": "x.jpg", "caption": None, "error": "broken"}) + "\n")
+        f.write('{"image_path": "y.jpg", "capt')
+    return out
+
+
+def test_caption_loader_yields_documents_lazily(captions: Path) -> None:
+    loader = CaptionLoader(captions)
+    docs = list(loader.lazy_load())
+    assert len(docs) == 4 and all(isinstance(d, Document) for d in docs)
+    assert loader.skipped == 1  # the error row (the torn line is not a record)
+    by_name = {Path(d.metadata["image_path"]).name: d for d in docs}
+    red = by_name["red-square.png"]
+    assert "mostly white and red" in red.page_content
+    assert {"sha256", "provider", "model", "cost_usd"} <= set(red.metadata)
+    assert None not in red.metadata.values()  # vector stores refuse empty values
+    assert loader.load() == docs
+
+
+def test_caption_reader_builds_a_multimodal_index(captions: Path) -> None:
+    reader = CaptionReader()
+    documents = reader.load_data(captions)
+    assert len(documents) == 4 and reader.skipped == 1
+    assert all(isinstance(d, ImageDocument) and d.image_path for d in documents)
+    assert "sha256" not in documents[0].get_content(metadata_mode="embed")  # clean embeddings
+    embedding = ColourEmbedding()
+    index = MultiModalVectorStoreIndex.from_documents(
+        documents, embed_model=embedding, image_embed_model=embedding
+    )
+    hits = index.as_retriever(similarity_top_k=1, image_similarity_top_k=1).retrieve("blue")
+    assert any(Path(str(getattr(h.node, "image_path", ""))).name == "blue-circle.jpg" for h in hits)
+
+
+def test_a_missing_captions_file_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="llamavision caption"):
+        list(CaptionLoader(tmp_path / "none.jsonl").lazy_load())
+    with pytest.raises(FileNotFoundError, match="llamavision caption"):
+        CaptionReader().load_data(tmp_path / "none.jsonl")
