@@ -9,6 +9,7 @@ is llama.cpp's own server, captured from ``shared/realserver.sh`` (id and name o
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -68,17 +69,40 @@ def sse_body(events: list[dict[str, Any]]) -> bytes:
     return "".join(frames).encode()
 
 
-def http_clients(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return ``http_client``/``http_async_client`` arguments that answer with ``events``."""
+class Chunks(httpx.SyncByteStream):
+    """A response body delivered in the given pieces."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+
+
+def serving(chunks: list[bytes]) -> dict[str, Any]:
+    """Return client options whose sync transport answers every request with ``chunks``."""
 
     def reply(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
-            200, content=sse_body(events), headers={"content-type": "text/event-stream"}
+            200, stream=Chunks(chunks), headers={"content-type": "text/event-stream"}
         )
 
     return {
         "api_key": "sk-local",
-        "base_url": "http://local.test/v1",
+        "max_retries": 0,
         "http_client": httpx.Client(transport=httpx.MockTransport(reply)),
+    }
+
+
+def http_clients(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return client options whose transports (sync and async) answer with ``events``."""
+    body = sse_body(events)
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    return {
+        **serving([body]),
+        "base_url": "http://local.test/v1",
         "http_async_client": httpx.AsyncClient(transport=httpx.MockTransport(reply)),
     }

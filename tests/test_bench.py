@@ -9,10 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_runs_and_writes_the_table(tmp_path: Path) -> None:
-    out = tmp_path / "results.md"
+def run_quick(script: str, out: Path) -> str:
+    """Run a bench command with --quick; return the results file it wrote."""
     done = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--out", str(out)],
+        [sys.executable, script, "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -20,7 +20,11 @@ def test_bench_runs_and_writes_the_table(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    table = out.read_text()
+    return out.read_text()
+
+
+def test_bench_runs_and_writes_the_table(tmp_path: Path) -> None:
+    table = run_quick("bench/run.py", tmp_path / "results.md")
     for section in (
         "2,000-chunk stream",
         "non-streamed call",
@@ -36,16 +40,7 @@ def test_bench_runs_and_writes_the_table(tmp_path: Path) -> None:
 def test_caption_bench_runs_and_writes_its_section(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     out.write_text("# Benchmark results\n\n<!-- client: start -->\nkept\n<!-- client: end -->\n")
-    done = subprocess.run(
-        [sys.executable, "bench/captions.py", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    table = out.read_text()
+    table = run_quick("bench/captions.py", out)
     assert "kept" in table  # the other command's section is left alone
     for section in ("Throughput and memory", "Against a rate limit", "Client CPU per image"):
         assert section in table

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +30,7 @@ from llamavision import (
 )
 from llamavision.providers import openai_compat as oa
 from llamavision.providers import workers_ai as cf
+from tests.recorded import serving
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
@@ -258,28 +257,6 @@ def sse_bodies(draw: st.DrawFn, events: list[Any]) -> list[bytes]:
     return [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
 
 
-class Chunks(httpx.SyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self.chunks
-
-
-def serving(chunks: list[bytes]) -> dict[str, Any]:
-    def reply(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, stream=Chunks(chunks), headers={"content-type": "text/event-stream"}
-        )
-
-    return {
-        "api_key": "k",
-        "account_id": "a",
-        "max_retries": 0,
-        "http_client": httpx.Client(transport=httpx.MockTransport(reply)),
-    }
-
-
 @FUZZ
 @given(
     st.sampled_from([("aigateway", OA_EVENTS), ("cloudflare", CF_EVENTS)]).flatmap(
@@ -288,7 +265,7 @@ def serving(chunks: list[bytes]) -> dict[str, Any]:
 )
 def test_client_streams_from_arbitrary_bytes(case: tuple[str, list[bytes]]) -> None:
     provider, chunks = case
-    client = LlamaVisionClient(provider, **serving(chunks))
+    client = LlamaVisionClient(provider, account_id="a", **serving(chunks))
     try:
         for delta in client.stream("hi"):
             check_delta(delta)
@@ -304,10 +281,8 @@ def test_only_text_reaches_langchain_and_llamaindex(chunks: list[bytes]) -> None
     from langchain_llamavision import ChatLlamaVision
     from llamaindex_llamavision import LlamaVision
 
-    options = serving(chunks)
-    options.pop("account_id")
     try:
-        for chunk in ChatLlamaVision(**options).stream("hi"):
+        for chunk in ChatLlamaVision(**serving(chunks)).stream("hi"):
             assert type(chunk.content) is str
     except LlamaVisionError:
         pass
