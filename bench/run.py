@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import subprocess
@@ -43,6 +44,8 @@ class Config:
     async_calls: int = 500
     concurrency: int = 50
     image_runs: int = 3
+    long_repeats: int = 3
+    fresh_processes: bool = True  # each async sample in a process of its own
 
 
 def measure(fn: Callable[[], Any], n: int, repeats: int) -> tuple[float, float]:
@@ -376,7 +379,7 @@ def per_call(c: Clients, cfg: Config) -> list[Row]:
 
 def long_stream(c: Clients, cfg: Config) -> list[Row]:
     """Per-chunk CPU at 1,000 chunks and at the long length; Python memory peak."""
-    long_name = "s50000" if cfg.long_chunks == 50_000 else "s5000"
+    long_name = f"s{cfg.long_chunks}"
     rows = []
     makers: list[tuple[str, Callable[[str], Callable[[], int]]]] = [
         ("raw httpx + json (floor)", lambda s: c.floor_stream(s, "openai")),
@@ -390,7 +393,7 @@ def long_stream(c: Clients, cfg: Config) -> list[Row]:
     for name, make in makers:
         short_fn, long_fn = make("s1000"), make(long_name)
         short_cpu, _ = measure(short_fn, 3, cfg.repeats)
-        long_cpu, _ = measure(long_fn, 1, max(3, cfg.repeats // 2))
+        long_cpu, _ = measure(long_fn, 1, cfg.long_repeats)
         tracemalloc.start()
         long_fn()
         peak = tracemalloc.get_traced_memory()[1]
@@ -503,19 +506,25 @@ def async_makers(c: Clients) -> dict[str, Callable[[], Callable[..., Any]]]:
 
 def async_sample(url: str, name: str, calls: int, concurrency: int) -> tuple[float, float]:
     """Run one throughput sample of one client (in the current, fresh process)."""
-    fn = async_makers(Clients(url))[name]()
 
     async def run() -> tuple[float, float]:
+        fn = async_makers(Clients(url))[name]()
         gate = asyncio.Semaphore(concurrency)
 
-        async def one() -> None:
+        async def one(f: Callable[..., Any]) -> None:
             async with gate:
-                await (fn("hi") if getattr(fn, "__name__", "") == "achat" else fn())
+                await (f("hi") if getattr(f, "__name__", "") == "achat" else f())
 
-        await asyncio.gather(*(one() for _ in range(concurrency)))  # warm-up
+        await asyncio.gather(*(one(fn) for _ in range(concurrency)))  # warm-up
         c0, w0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(calls)))
-        return time.process_time() - c0, time.perf_counter() - w0
+        await asyncio.gather(*(one(fn) for _ in range(calls)))
+        sample = time.process_time() - c0, time.perf_counter() - w0
+        # Let clients that close themselves when collected (the openai SDK's) do it on
+        # this loop, not on the next sample's.
+        del fn
+        gc.collect()
+        await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
+        return sample
 
     return asyncio.run(run())
 
@@ -531,6 +540,9 @@ def async_throughput(c: Clients, cfg: Config) -> list[Row]:
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for _ in range(cfg.repeats):
         for name in names:
+            if not cfg.fresh_processes:  # a smoke run: the same measurement, in this process
+                samples[name].append(async_sample(c.url, name, cfg.async_calls, cfg.concurrency))
+                continue
             out = subprocess.run(
                 [
                     sys.executable,
@@ -688,10 +700,12 @@ def main(argv: list[str] | None = None) -> int:
             repeats=1,
             calls=5,
             streams=1,
-            long_chunks=5_000,
+            long_chunks=2_000,
             async_calls=20,
             concurrency=5,
             image_runs=1,
+            long_repeats=1,
+            fresh_processes=False,
         )
         if args.quick
         else Config()
