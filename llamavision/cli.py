@@ -211,6 +211,7 @@ def _emulator(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         args.host,
         license_gate=not args.no_license_gate,
         rate_limit=args.rate_limit,
+        latency=args.latency,
         announce=err,
     )
     return 0
@@ -284,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         metavar="N",
         help="allow each account N requests per minute; beyond, the provider's own 429",
+    )
+    emu.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="take this long to start each answer, as the real model would (default 0)",
     )
     return parser
 

@@ -220,6 +220,8 @@ class Emulator:
             that a long run does not keep every image; :attr:`counters` counts them all.
         gateway_token: make the Cloudflare AI Gateway route an authenticated gateway that
             wants this token in ``cf-aig-authorization``.
+        latency: seconds each model answer takes to start, as a real model's would (a
+            caption from the real service takes seconds); ``0`` answers at once.
 
     Attributes:
         requests: the latest received model requests, oldest first.
@@ -239,6 +241,7 @@ class Emulator:
         rate_burst: float | None = None,
         keep_requests: int = 1000,
         gateway_token: str | None = None,
+        latency: float = 0.0,
     ) -> None:
         from llamavision.emulator import aigateway, cloudflare
 
@@ -253,6 +256,7 @@ class Emulator:
         self.rate_burst = rate_burst
         self.counters = {"requests": 0, "received": 0, "rate_limited": 0}
         self.gateway_token = gateway_token
+        self.latency = latency
         self.gateway_cache: dict[str, tuple[float, Response]] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._lock = threading.Lock()
@@ -488,6 +492,8 @@ class Emulator:
             response = route.handle(self, path, dict(headers), body)
         except EmulatorError as exc:
             response = route.error_response(exc)
+        if self.latency and response.answered:
+            await asyncio.sleep(self.latency)
         hold = self._hold
         if hold is not None and response.answered and self.counters["received"] > hold[0]:
             await asyncio.to_thread(hold[1].wait)

@@ -38,8 +38,8 @@ class EmulatorServer:
 
     Use it as a context manager; :meth:`env` gives the environment variables that point
     :class:`~llamavision.LlamaVisionClient` (and the framework classes) at it.
-    ``rate_limit`` limits each account to that many requests per minute (see
-    :class:`~llamavision.emulator.Emulator`).
+    ``rate_limit`` limits each account to that many requests per minute and ``latency``
+    delays each answer by that many seconds (see :class:`~llamavision.emulator.Emulator`).
 
     Example:
         .. code-block:: python
@@ -56,8 +56,9 @@ class EmulatorServer:
         *,
         host: str = "127.0.0.1",
         rate_limit: float | None = None,
+        latency: float = 0.0,
     ) -> None:
-        self.emulator = emulator or Emulator(rate_limit=rate_limit)
+        self.emulator = emulator or Emulator(rate_limit=rate_limit, latency=latency)
         self.host = host
         self._requested_port = port
         self._server: Any = None
@@ -183,13 +184,18 @@ class EmulatorProcess:
     Args:
         rate_limit: requests per minute allowed per account (``--rate-limit``).
         license_gate: emulate Cloudflare's license acceptance.
+        latency: seconds each answer takes to start (``--latency``).
 
     """
 
-    def __init__(self, *, rate_limit: float | None = None, license_gate: bool = True) -> None:
+    def __init__(
+        self, *, rate_limit: float | None = None, license_gate: bool = True, latency: float = 0.0
+    ) -> None:
         self.args = [sys.executable, "-m", "llamavision.cli", "emulator", "--port", "0"]
         if rate_limit is not None:
             self.args += ["--rate-limit", str(rate_limit)]
+        if latency:
+            self.args += ["--latency", str(latency)]
         if not license_gate:
             self.args.append("--no-license-gate")
         self.process: subprocess.Popen[str] | None = None
@@ -267,6 +273,7 @@ def serve(
     *,
     license_gate: bool = True,
     rate_limit: float | None = None,
+    latency: float = 0.0,
     announce: TextIO | None = None,
 ) -> None:
     """Serve the emulator until interrupted (``llamavision emulator``).
@@ -274,7 +281,7 @@ def serve(
     Once it accepts requests, writes ``llamavision emulator ready at URL`` (the real port when
     ``port`` is 0) and how to point clients at it to ``announce`` (default: stderr).
     """
-    emulator = Emulator(license_gate=license_gate, rate_limit=rate_limit)
+    emulator = Emulator(license_gate=license_gate, rate_limit=rate_limit, latency=latency)
     with EmulatorServer(emulator, port, host=host) as server:
         stream = announce or sys.stderr
         print(f"llamavision emulator ready at {server.url}", file=stream)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,10 +156,12 @@ def test_interrupted_caption_resumes_without_redoing_or_losing_work(
     assert f"{len(first)} already done" in err
 
 
-def test_emulator_command_serves_both_providers() -> None:
+def test_emulator_command_serves_both_providers_at_the_latency_asked() -> None:
     import httpx
 
-    with EmulatorProcess() as server:  # `llamavision emulator --port 0`, ready when it says so
+    # `llamavision emulator --port 0 --latency 0.5`, ready when it says so
+    with EmulatorProcess(latency=0.5) as server:
+        started = time.perf_counter()
         reply = httpx.post(
             f"{server.url}/v1/chat/completions",
             headers={"Authorization": "Bearer emulator-key"},
@@ -167,6 +170,7 @@ def test_emulator_command_serves_both_providers() -> None:
                 "messages": [{"role": "user", "content": "hi"}],
             },
         )
+        assert time.perf_counter() - started >= 0.5  # a lower bound: no race under load
         assert reply.status_code == 200
         assert "synthetic" in reply.json()["choices"][0]["message"]["content"]
         cf = httpx.post(
