@@ -29,6 +29,7 @@ from llamavision.emulator import EmulatorProcess
 
 SIZE = (4000, 3000)
 BASES = 12  # distinct pictures; every file is one of them with its own trailing bytes
+LATENCY = 2.0  # seconds: about what a caption from the real model takes
 
 
 @dataclass
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     small, large = (20, 60) if args.quick else (500, 5000)
     ray_actors = (1,) if args.quick else (1, 2, 4)
+    latencies = (0.2,) if args.quick else (0.0, LATENCY)
     rate = 1200 if args.quick else args.rate
     work = Path(args.workdir or tempfile.mkdtemp(prefix="llamavision-bench-"))
     started = time.perf_counter()
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         every = str(work / "img-*.jpg")
         first = str(work / ("img-000[0-1]?.jpg" if args.quick else "img-00[0-4]??.jpg"))
         rated_glob = str(work / ("img-000[0-3]?.jpg" if args.quick else "img-00???.jpg"))
+        ray_glob = str(work / ("img-000[0-1]?.jpg" if args.quick else "img-00[0-2]??.jpg"))
 
         print("CPU per image...", flush=True)
         ours_ms, floor_ms = cpu_per_image(bases, work, 1 if args.quick else 5)
@@ -180,18 +183,21 @@ def main(argv: list[str] | None = None) -> int:
             with EmulatorProcess(rate_limit=rate) as emulator:
                 print(f"rate-limited, {large:,} images...", flush=True)
                 runs["large, limited"] = caption(every, emulator.env())
-        with EmulatorProcess() as emulator:
-            for actors in ray_actors:
-                print(f"on Ray, {actors} actors...", flush=True)
-                runs[f"ray {actors}"] = caption(
-                    first,
-                    emulator.env(),
-                    "--ray",
-                    "--ray-actors",
-                    str(actors),
-                    "--concurrency",
-                    "4",
-                )
+        for latency in latencies:
+            with EmulatorProcess(latency=latency) as emulator:
+                print(f"one machine, answers after {latency:g} s...", flush=True)
+                runs[f"one {latency}"] = caption(ray_glob, emulator.env())
+                for actors in ray_actors:
+                    print(f"on Ray, {actors} actors, answers after {latency:g} s...", flush=True)
+                    runs[f"ray {actors} {latency}"] = caption(
+                        ray_glob,
+                        emulator.env(),
+                        "--ray",
+                        "--ray-actors",
+                        str(actors),
+                        "--concurrency",
+                        "4",
+                    )
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -258,19 +264,31 @@ def main(argv: list[str] | None = None) -> int:
         "Target: at most 1.2× the floor. Median over rounds of the "
         f"{len(bases)} distinct pictures.",
         "",
-        f"### 4. One machine and Ray: {small:,} images on this machine",
+        f"### 4. One machine and Ray: {runs[f'one {latencies[0]}'].images:,} images on this "
+        "machine",
         "",
         "A local Ray (all cores) started by each run: `llamavision caption --ray "
         "--ray-actors N`, each actor claiming a quarter of a CPU with four requests in "
-        "flight. Seconds include starting Ray and its actors, and hashing on the driver.",
+        "flight. Seconds include starting Ray and its actors, and hashing on the driver. "
+        "The emulator (`--latency`) answers at once, or after the seconds a caption from "
+        "the real model takes.",
         "",
-        "| run | seconds | images/s |",
-        "|---|---:|---:|",
-        f"| one machine, `--concurrency 16` | {runs[f'{small:,} images'].seconds:.0f} | "
-        f"{runs[f'{small:,} images'].per_second:.1f} |",
+        "| run | requests in flight | "
+        + " | ".join(f"answers after {t:g} s: seconds | images/s" for t in latencies)
+        + " |",
+        "|---|---:|" + "---:|---:|" * len(latencies),
+        "| one machine, `--concurrency 16` | 16 | "
+        + " | ".join(
+            f"{runs[f'one {t}'].seconds:.0f} | {runs[f'one {t}'].per_second:.1f}" for t in latencies
+        )
+        + " |",
         *(
-            f"| Ray, {n} actor{'s' if n > 1 else ''} | {runs[f'ray {n}'].seconds:.0f} | "
-            f"{runs[f'ray {n}'].per_second:.1f} |"
+            f"| Ray, {n} actor{'s' if n > 1 else ''} | {4 * n} | "
+            + " | ".join(
+                f"{runs[f'ray {n} {t}'].seconds:.0f} | {runs[f'ray {n} {t}'].per_second:.1f}"
+                for t in latencies
+            )
+            + " |"
             for n in ray_actors
         ),
     ]

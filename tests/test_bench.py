@@ -42,5 +42,10 @@ def test_caption_bench_runs_and_writes_its_section(tmp_path: Path) -> None:
     out.write_text("# Benchmark results\n\n<!-- client: start -->\nkept\n<!-- client: end -->\n")
     table = run_quick("bench/captions.py", out)
     assert "kept" in table  # the other command's section is left alone
-    for section in ("Throughput and memory", "Against a rate limit", "Client CPU per image"):
+    for section in (
+        "Throughput and memory",
+        "Against a rate limit",
+        "Client CPU per image",
+        "One machine and Ray",
+    ):
         assert section in table
