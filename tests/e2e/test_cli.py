@@ -132,7 +132,15 @@ def test_interrupted_caption_resumes_without_redoing_or_losing_work(
         "--concurrency",
         "1",
     ]
-    proc = subprocess.Popen(command, env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command,
+        env=os.environ.copy(),
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl+C at a terminal: a suite started in the background (`... &`) would pass on an
+        # ignored SIGINT, and the run would rightly carry on.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         # With one worker, two captions are written before the third request is sent.
         assert emulator.wait_for_requests(3), "the caption run never sent its third request"
