@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from llamavision.client import LlamaVisionClient
 from llamavision.errors import LlamaVisionError
@@ -183,6 +183,16 @@ def caption_record(path: str | Path, digest: str, result: ChatResult) -> dict[st
     }
 
 
+def append_record(sink: IO[str], record: dict[str, Any], summary: CaptionSummary) -> None:
+    """Append one caption record to the output (flushed: nothing finished is lost) and count it."""
+    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sink.flush()
+    summary.captioned += 1
+    summary.prompt_tokens += record["prompt_tokens"] or 0
+    summary.completion_tokens += record["completion_tokens"] or 0
+    summary.cost += record["cost_usd"] or 0.0
+
+
 class _Stop(Exception):
     """Raised by a worker to end the run on an account-level error."""
 
@@ -246,14 +256,7 @@ async def caption_images(
                     raise _Stop from exc
                 summary.failures[str(path)] = exc.message
                 return
-            sink.write(json.dumps(caption_record(path, digest, result), ensure_ascii=False))
-            sink.write("\n")
-            sink.flush()
-            summary.captioned += 1
-            if result.usage:
-                summary.prompt_tokens += result.usage.prompt_tokens
-                summary.completion_tokens += result.usage.completion_tokens
-            summary.cost += result.cost or 0.0
+            append_record(sink, caption_record(path, digest, result), summary)
 
         async def worker() -> None:
             for item in paths:  # one shared iterator: each image goes to one worker

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import json
 import logging
 import os
 import time
@@ -39,6 +38,7 @@ from PIL import Image as PILImage
 from llamavision.captions import (
     DEFAULT_PROMPT,
     CaptionSummary,
+    append_record,
     caption_record,
     iter_captions,
 )
@@ -412,12 +412,7 @@ def caption_files(
                         summary.failures[path] = why
                     else:
                         row["image_path"] = path
-                        sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        sink.flush()
-                        summary.captioned += 1
-                        summary.prompt_tokens += row["prompt_tokens"] or 0
-                        summary.completion_tokens += row["completion_tokens"] or 0
-                        summary.cost += row["cost_usd"] or 0.0
+                        append_record(sink, row, summary)
                     progress()
     except KeyboardInterrupt:
         summary.interrupted = True
