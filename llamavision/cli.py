@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from llamavision.captions import DEFAULT_PROMPT, CaptionSummary, caption_images, find_images
 from llamavision.client import LlamaVisionClient
-from llamavision.errors import ConfigurationError, LicenseAgreementRequiredError, LlamaVisionError
+from llamavision.errors import LicenseAgreementRequiredError, LlamaVisionError
 from llamavision.messages import Message, StreamAccumulator
 from llamavision.providers import PROVIDERS
 
@@ -177,12 +177,8 @@ def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _caption_on_ray(
     args: argparse.Namespace, images: list[Path], progress: Progress, err: TextIO
 ) -> CaptionSummary:
-    try:
-        from llamavision.ray import caption_files
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"--ray needs Ray Data ({exc}): pip install 'llamavision[ray]'."
-        ) from None
+    from llamavision.ray import caption_files  # without Ray: a MissingExtraError naming it
+
     where = args.ray_address or "a local Ray"
     print(f"Captioning on Ray ({where}) with {args.ray_actors} actors.", file=err)
     return caption_files(

@@ -65,6 +65,21 @@ class ConfigurationError(LlamaVisionError):
     account_level = True
 
 
+class MissingExtraError(ConfigurationError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the extra.
+
+    It is an ``ImportError`` too, so code that guards an optional import keeps working.
+    """
+
+
+def missing_extra(extra: str, feature: str, cause: ImportError) -> MissingExtraError:
+    """Build the error for ``feature`` used without ``pip install 'llamavision[extra]'``."""
+    return MissingExtraError(
+        f"{feature} needs the '{extra}' extra ({cause.name or cause} is not installed): "
+        f"pip install 'llamavision[{extra}]'"
+    )
+
+
 class ImageError(LlamaVisionError):
     """An image could not be read, is of an unsupported type, or breaks a size limit."""
 

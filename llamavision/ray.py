@@ -31,8 +31,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import ray
 from PIL import Image as PILImage
 
 from llamavision.captions import (
@@ -43,10 +41,16 @@ from llamavision.captions import (
     iter_captions,
 )
 from llamavision.client import BASE_URL_ENV, LlamaVisionClient
-from llamavision.errors import ConfigurationError, LlamaVisionError
+from llamavision.errors import ConfigurationError, LlamaVisionError, missing_extra
 from llamavision.messages import Message
 from llamavision.providers import PROVIDERS
 from llamavision.ratelimit import Outcome, RateGovernor, RateStats, Ticket
+
+try:
+    import numpy as np
+    import ray
+except ImportError as exc:
+    raise missing_extra("ray", "llamavision.ray", exc) from None
 
 FIELDS = (
     "image_path",

@@ -19,17 +19,15 @@ from llamavision.emulator.app import (
     DEFAULT_CLOUDFLARE_TOKEN,
     Emulator,
 )
-from llamavision.errors import ConfigurationError
+from llamavision.errors import missing_extra
 from llamavision.providers import PROVIDERS
 
 
 def _uvicorn() -> Any:
     try:
         import uvicorn
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigurationError(
-            "The emulator needs uvicorn: pip install 'llamavision[emulator]'."
-        ) from exc
+    except ImportError as exc:
+        raise missing_extra("emulator", "The emulator", exc) from None
     return uvicorn
 
 
