@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from llamavision.client import LlamaVisionClient
-from llamavision.errors import LlamaVisionError
+from llamavision.errors import ImageError, LlamaVisionError
+from llamavision.images import ImageOptions, read_file
 from llamavision.messages import ChatResult, Message
 
 DEFAULT_PROMPT = (
@@ -89,14 +90,44 @@ class CaptionSummary:
         }
 
 
-def find_images(pattern: str | Path) -> list[Path]:
-    """List the images of a folder (by extension), or the files a glob pattern matches."""
+def find_images(
+    pattern: str | Path,
+    *,
+    follow_symlinks: bool = False,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> list[Path]:
+    """List the images of a folder (by extension), or the files a glob pattern matches.
+
+    A symbolic link that leads out of the folder (or out of the pattern's fixed leading
+    folders) is skipped, and reported to ``on_skip`` with the reason, unless
+    ``follow_symlinks`` is set: a shared folder must not send files from elsewhere.
+    """
     path = Path(pattern)
     if path.is_dir():
+        base = path
         files = (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     else:
+        base = Path(*[part for part in _fixed_parts(str(pattern))] or ["."])
         files = (Path(p) for p in glob.glob(str(pattern), recursive=True))
-    return sorted(p for p in files if p.is_file())
+    root = base.resolve()
+    found = []
+    for file in sorted(p for p in files if p.is_file()):
+        if file.is_symlink() and not follow_symlinks and not file.resolve().is_relative_to(root):
+            if on_skip is not None:
+                on_skip(file, f"a symbolic link out of {base} (pass follow_symlinks to include it)")
+            continue
+        found.append(file)
+    return found
+
+
+def _fixed_parts(pattern: str) -> list[str]:
+    """Return the leading path parts of a glob pattern that hold no wildcard."""
+    parts = []
+    for part in Path(pattern).parts[:-1]:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return parts
 
 
 def iter_captions(out: str | Path) -> Iterator[dict[str, Any]]:
@@ -161,9 +192,18 @@ class CaptionRecords:
             )
 
 
-def read_image(path: Path) -> tuple[bytes, str]:
-    """Read a file once: its bytes and their SHA-256 (the resume key)."""
-    data = path.read_bytes()
+def read_image(path: Path, limit: int | None = None) -> tuple[bytes, str]:
+    """Read a file once: its bytes and their SHA-256 (the resume key).
+
+    A file over ``limit`` bytes (default: ``ImageOptions().max_input_bytes``) is refused by
+    its size, unread.
+
+    Raises:
+        ImageError: the file is over the limit.
+        OSError: it cannot be read.
+
+    """
+    data = read_file(path, ImageOptions().max_input_bytes if limit is None else limit)
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -183,9 +223,25 @@ def caption_record(path: str | Path, digest: str, result: ChatResult) -> dict[st
     }
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """Return a record as one line of JSON to every reader.
+
+    U+2028, U+2029 and U+0085 are escaped (``str.splitlines`` and some JSON-lines readers
+    break lines there), and so are lone surrogates, which is how Python holds the bytes of a
+    file name that is not UTF-8: ``json.loads`` and ``os.fsencode`` give the name back.
+    """
+    text = json.dumps(record, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
+    for char in _LINE_BREAKS:
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text + "\n"
+
+
+_LINE_BREAKS = ("\u2028", "\u2029", "\x85")
+
+
 def append_record(sink: IO[str], record: dict[str, Any], summary: CaptionSummary) -> None:
     """Append one caption record to the output (flushed: nothing finished is lost) and count it."""
-    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sink.write(json_line(record))
     sink.flush()
     summary.captioned += 1
     summary.prompt_tokens += record["prompt_tokens"] or 0
@@ -234,6 +290,7 @@ async def caption_images(
     before = client.rate_stats
     total = len(images) if isinstance(images, Sized) else 0
     paths = iter(images)
+    limit = client.image_options.max_input_bytes
 
     def progress() -> None:
         summary.seconds = time.monotonic() - started
@@ -262,9 +319,11 @@ async def caption_images(
             for item in paths:  # one shared iterator: each image goes to one worker
                 path = Path(item)
                 try:
-                    data, digest = await asyncio.to_thread(read_image, path)
+                    data, digest = await asyncio.to_thread(read_image, path, limit)
                 except OSError as exc:
                     summary.failures[str(path)] = f"cannot read: {exc.strerror or exc}"
+                except ImageError as exc:
+                    summary.failures[str(path)] = exc.message
                 else:
                     if digest in done:
                         summary.skipped += 1

@@ -127,7 +127,7 @@ def _report(summary: CaptionSummary, out_path: str, err: TextIO, newline: bool) 
         file=err,
     )
     for path, why in summary.failures.items():
-        print(f"  failed: {path}: {why}", file=err)
+        print(f"  failed: {printable(path)}: {printable(why)}", file=err)
     if summary.stopped is not None:
         print(
             f"Stopped early, as every later image would fail the same way: {summary.stopped}\n"
@@ -139,10 +139,22 @@ def _report(summary: CaptionSummary, out_path: str, err: TextIO, newline: bool) 
         print("Run the same command again to caption the rest.", file=err)
 
 
+def printable(text: str) -> str:
+    """Return ``text`` safe for a terminal: control characters and undecodable bytes escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    images = find_images(args.images)
+    skipped: list[str] = []
+    images = find_images(
+        args.images,
+        follow_symlinks=args.follow_symlinks,
+        on_skip=lambda path, why: skipped.append(f"  skipped: {printable(str(path))}: {why}"),
+    )
+    for line in skipped:
+        print(line.replace("follow_symlinks", "--follow-symlinks"), file=err)
     if not images:
-        print(f"llamavision: no images found in {args.images}", file=err)
+        print(f"llamavision: no images found in {printable(args.images)}", file=err)
         return 2
     progress = Progress(err)
     try:
@@ -258,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
         "by default the limit is learned from 429 answers",
     )
     cap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    cap.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="also caption symbolic links that lead out of the folder (skipped by default)",
+    )
     cap.add_argument("--json", action="store_true", help="also print the summary as JSON on stdout")
     cap.add_argument(
         "--ray",

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -63,6 +64,8 @@ T = TypeVar("T")
 E = TypeVar("E", bound=LlamaVisionError)
 MultiImage = Literal["error", "latest", "grid"]
 Messages = str | Message | Sequence[Message]
+SECRET_WINDOW = 12
+"""Redaction also removes any run of this many characters of a credential (a partial echo)."""
 BASE_URL_ENV = {"aigateway": "AIGATEWAY_BASE_URL", "cloudflare": "CLOUDFLARE_BASE_URL"}
 GATEWAY_BASE_URL_ENV = "CLOUDFLARE_GATEWAY_BASE_URL"  # the Cloudflare AI Gateway route
 
@@ -128,7 +131,8 @@ def make_endpoint(
             f"Unknown provider {provider!r}: use one of {', '.join(map(repr, PROVIDERS))}."
         )
     key = api_key if api_key is not None else os.environ.get(codec.KEY_ENV)
-    if not key or (isinstance(key, SecretStr) and not key.get_secret_value()):
+    key = None if key is None else credential(key, f"{provider} credential ({codec.KEY_ENV})")
+    if key is None or not key.get_secret_value():
         raise ConfigurationError(
             f"No credential for {provider}: set the {codec.KEY_ENV} environment variable or "
             "pass api_key=...",
@@ -136,7 +140,9 @@ def make_endpoint(
         )
     headers = check_headers(default_headers)
     if gateway is not None:
-        codec.gateway_headers(gateway)  # refuses a provider it does not front
+        check_header_values(
+            codec.gateway_headers(gateway)
+        )  # also refuses a provider it does not front
         url = base_url or os.environ.get(GATEWAY_BASE_URL_ENV) or str(codec.GATEWAY_BASE_URL)
         url = url.replace("{gateway_id}", gateway.gateway_id)
     else:
@@ -155,7 +161,7 @@ def make_endpoint(
         codec=codec,
         base_url=url.rstrip("/"),
         model=model or codec.DEFAULT_MODEL,
-        api_key=key if isinstance(key, SecretStr) else SecretStr(key),
+        api_key=key,
         price=price or codec.PRICE,
         governor=governor or RateGovernor(),
         extra_headers=headers,
@@ -188,18 +194,65 @@ def _gateway(
             )
         return None
     token = token if token is not None else os.environ.get(workers_ai.GATEWAY_TOKEN_ENV)
-    secret = SecretStr(token) if isinstance(token, str) else token
+    secret = None if token is None else credential(token, "Cloudflare AI Gateway token")
     return CloudflareGateway(gateway_id, secret or None, **options)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
+_SENDABLE = re.compile(r"[\x20-\x7e]*")  # what a header value may hold: visible ASCII and space
+
+
+def credential(value: str | SecretStr, what: str) -> SecretStr:
+    """Return a credential without surrounding whitespace, refusing one that cannot be sent.
+
+    Keys read from a CRLF ``.env`` file or a secret file often end in a carriage return or a
+    newline: surrounding whitespace is stripped. A control or non-ASCII character inside is
+    refused, without showing it.
+
+    Raises:
+        ConfigurationError: the credential holds a character no HTTP header can carry.
+
+    """
+    text = (value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+    if not _SENDABLE.fullmatch(text):
+        raise ConfigurationError(
+            f"The {what} holds a control or non-ASCII character (not shown here), so it cannot "
+            "be sent in an HTTP header: check the variable or file it comes from."
+        )
+    return SecretStr(text)
+
+
+def check_header_values(headers: Mapping[str, str]) -> dict[str, str]:
+    """Return headers whose names and values can be sent, without surrounding whitespace.
+
+    Raises:
+        ConfigurationError: a name is not an HTTP token, or a value holds a control or
+            non-ASCII character (the value is not shown: it may be a secret).
+
+    """
+    out = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigurationError(f"{name!r} is not a valid HTTP header name.")
+        text = value.strip() if isinstance(value, str) else None
+        if text is None or not _SENDABLE.fullmatch(text):
+            raise ConfigurationError(
+                f"The value of the header {name!r} holds a control or non-ASCII character "
+                "(not shown here), so it cannot be sent: headers carry visible ASCII only."
+            )
+        out[name] = text
+    return out
 
 
 def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """Return user headers as a dict, refusing any that would replace a credential.
 
     Raises:
-        ConfigurationError: a header is a credential header.
+        ConfigurationError: a header is a credential header, or cannot be sent (see
+            :func:`check_header_values`).
 
     """
-    out = dict(headers or {})
+    out = check_header_values(headers or {})
     for name in out:
         if name.lower() in ("authorization", "cf-aig-authorization"):
             raise ConfigurationError(
@@ -386,21 +439,40 @@ class LlamaVisionClient:
         """Remove this client's secrets from an error (a server may echo the key back).
 
         Every error the client raises passes through here: its message, arguments, code and
-        request id never carry a configured credential.
+        request id never carry a configured credential, whole, escaped or in part (any
+        :data:`SECRET_WINDOW` characters of it), and a cause or context that shows one is
+        dropped from the chain (tracebacks print those too).
         """
         clean = self._clean
         error.message = clean(error.message)
         error.args = tuple(clean(a) for a in error.args)
         error.code = clean(error.code)
         error.request_id = clean(error.request_id)
+        if error.__cause__ is not None and self._safe_cause(error.__cause__) is None:
+            error.__cause__, error.__suppress_context__ = None, True
+        if error.__context__ is not None and self._safe_cause(error.__context__) is None:
+            error.__context__ = None
         return error
+
+    def _safe_cause(self, exc: BaseException) -> BaseException | None:
+        """Return ``exc`` to chain as a cause, or ``None`` if its chain shows a secret."""
+        seen: BaseException | None = exc
+        while seen is not None:
+            text = f"{seen} {seen.args!r}"
+            if self._clean(text) != text:
+                return None
+            seen = seen.__cause__ or seen.__context__
+        return exc
 
     def _clean(self, value: T) -> T:
         """Return ``value`` with this client's secrets replaced, if it is text."""
         if isinstance(value, str):
-            secrets = (secret for ep in self.endpoints for secret in ep.secrets())
+            secrets = {secret for ep in self.endpoints for secret in ep.secrets()}
+            secrets |= {s.encode("unicode_escape").decode("ascii") for s in secrets}
             for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
                 value = value.replace(secret, "[redacted]")  # type: ignore[assignment]
+                for i in range(len(secret) - SECRET_WINDOW + 1):
+                    value = value.replace(secret[i : i + SECRET_WINDOW], "[redacted]")  # type: ignore[assignment]
         return value
 
     @property
@@ -447,11 +519,8 @@ class LlamaVisionClient:
         )
         call = self._trace(request)
         try:
-            messages_for = self._image_resolver(request)
             with call.current():
-                result = self._retrying(
-                    lambda ep, ticket: self._chat_once(ep, messages_for(ep), ticket), call
-                )
+                result = self._retrying(self._image_resolver(request), self._chat_once, call)
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -484,11 +553,8 @@ class LlamaVisionClient:
         )
         call = self._trace(request)
         try:
-            messages_for = self._image_resolver(request)
             with call.current():
-                opened = self._retrying(
-                    lambda ep, ticket: self._open_stream(ep, messages_for(ep), ticket), call
-                )
+                opened = self._retrying(self._image_resolver(request), self._open_stream, call)
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -534,12 +600,8 @@ class LlamaVisionClient:
         call = self._trace(request)
         try:
             messages_for = await self._aimage_resolver(request)
-
-            async def once(ep: Endpoint, ticket: Releasable) -> ChatResult:
-                return await self._achat_once(ep, await messages_for(ep), ticket)
-
             with call.current():
-                result = await self._aretrying(once, call)
+                result = await self._aretrying(messages_for, self._achat_once, call)
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -563,12 +625,8 @@ class LlamaVisionClient:
         call = self._trace(request)
         try:
             messages_for = await self._aimage_resolver(request)
-
-            async def once(ep: Endpoint, ticket: Releasable) -> _AsyncOpenStream:
-                return await self._aopen_stream(ep, await messages_for(ep), ticket)
-
             with call.current():
-                opened = await self._aretrying(once, call)
+                opened = await self._aretrying(messages_for, self._aopen_stream, call)
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -699,18 +757,26 @@ class LlamaVisionClient:
             call.event("failover", provider=ep.provider, **{"error.type": kind})
         return delay
 
-    def _retrying(self, once: Callable[[Endpoint, Releasable], T], call: tracing.Call) -> T:
+    def _retrying(
+        self,
+        prepare: Callable[[Endpoint], ChatRequest],
+        once: Callable[[Endpoint, ChatRequest, Releasable], T],
+        call: tracing.Call,
+    ) -> T:
         """Run ``once`` under each provider's governor, retrying and failing over.
 
+        ``prepare`` gives each provider the request it can take (downloading images it cannot
+        fetch) before a slot of its governor is taken: a slow download holds up no one else.
         ``once`` releases its ticket when it succeeds (a stream, when it ends); this loop
         releases it when ``once`` fails.
         """
         for i, ep in enumerate(self.endpoints):
+            prepared = prepare(ep)
             attempt = 0
             while True:
                 ticket = ep.governor.acquire()
                 try:
-                    return once(ep, ticket)
+                    return once(ep, prepared, ticket)
                 except LlamaVisionError as error:
                     ticket.release(error)
                     delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1, call)
@@ -728,15 +794,19 @@ class LlamaVisionClient:
         raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
 
     async def _aretrying(
-        self, once: Callable[[Endpoint, Releasable], Awaitable[T]], call: tracing.Call
+        self,
+        prepare: Callable[[Endpoint], Awaitable[ChatRequest]],
+        once: Callable[[Endpoint, ChatRequest, Releasable], Awaitable[T]],
+        call: tracing.Call,
     ) -> T:
         """Async form of :meth:`_retrying`."""
         for i, ep in enumerate(self.endpoints):
+            prepared = await prepare(ep)
             attempt = 0
             while True:
                 ticket = await ep.governor.aacquire()
                 try:
-                    return await once(ep, ticket)
+                    return await once(ep, prepared, ticket)
                 except LlamaVisionError as error:
                     ticket.release(error)
                     delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1, call)
@@ -1251,7 +1321,7 @@ class _OpenStream(_StreamBase):
                 except LlamaVisionError as exc:
                     error = self.client.redact(self.interrupted(exc))
                     self.call.fail(error)
-                    raise error from exc
+                    raise error from self.client._safe_cause(exc)
         finally:
             self.response.close()
             _unlink(self.response)
@@ -1297,7 +1367,7 @@ class _AsyncOpenStream(_StreamBase):
                 except LlamaVisionError as exc:
                     error = self.client.redact(self.interrupted(exc))
                     self.call.fail(error)
-                    raise error from exc
+                    raise error from self.client._safe_cause(exc)
         finally:
             await self.response.aclose()
             _unlink(self.response)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpcore
 import httpx
@@ -29,7 +30,11 @@ from llamavision.errors import ImageError
 from llamavision.images import ImageOptions
 
 MAX_REDIRECTS = 3
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv6 forms that carry an IPv4 address in their last 32 bits: IPv4-compatible (deprecated),
+# IPv4-translated (SIIT) and NAT64 (well-known and local-use prefixes).
+_WRAPPING = tuple(
+    ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+)
 
 
 def is_public(address: str) -> bool:
@@ -37,7 +42,7 @@ def is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
         inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if inner is None and ip in _NAT64:
+        if inner is None and int(ip) > 1 and any(ip in net for net in _WRAPPING):
             inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if inner is not None:
             return is_public(str(inner))
@@ -116,18 +121,35 @@ def async_http_client(options: ImageOptions) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, timeout=options.download_timeout, trust_env=False)
 
 
+def shown(url: str) -> str:
+    """Return ``url`` as errors and spans show it, without userinfo or query.
+
+    Signed URLs keep their credentials in the query; of a non-http(s) URL only the scheme shows.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an invalid URL)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"(a {parts.scheme or 'relative'}: URL)"
+    hidden = "?[query hidden]" if parts.query else ""
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", "")) + hidden
+
+
 def _error(url: str, why: str) -> ImageError:
     return ImageError(
-        f"Could not download image {url} to send it inline (Cloudflare cannot fetch URLs): "
+        f"Could not download image {shown(url)} to send it inline (Cloudflare cannot fetch URLs): "
         f"{why}. Download it yourself and pass the bytes or a path."
     )
 
 
-def _failed(url: str, exc: httpx.HTTPError) -> ImageError:
+def _failed(url: str, exc: Exception, options: ImageOptions) -> ImageError:
+    if isinstance(exc, httpx.TimeoutException):
+        return _error(url, f"it took longer than {options.download_timeout:g} s")
     if isinstance(exc.__cause__, NotPublicError):
         return ImageError(
-            f"Refused to download image {url}: {exc.__cause__}. Image URLs may only point to "
-            "public addresses, as they can come from documents or users; to fetch from a "
+            f"Refused to download image {shown(url)}: {exc.__cause__}. Image URLs may only "
+            "point to public addresses, as they can come from documents or users; to fetch from a "
             "private network (your own server, the emulator), pass "
             "ImageOptions(allow_private_urls=True)."
         )
@@ -143,13 +165,17 @@ def _next_hop(url: str, current: str, response: httpx.Response, hops: int) -> st
         raise _error(url, f"more than {MAX_REDIRECTS} redirects")
     target: str = urljoin(current, str(location))
     if not target.lower().startswith(("http://", "https://")):
-        raise _error(url, f"a redirect to {target}, which is not http(s)")
+        raise _error(url, f"a redirect to {shown(target)}, which is not http(s)")
     return target
 
 
 def _check(url: str, response: httpx.Response, options: ImageOptions) -> None:
     if response.status_code >= 400:
         raise _error(url, f"HTTP {response.status_code}")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # never decoded: a few KiB of zstd or gzip can expand to gigabytes
+        raise _error(url, f"the server sent it compressed ({encoding}) although asked not to")
     ctype = response.headers.get("content-type", "")
     if not ctype.startswith("image/"):
         raise _error(url, f"the server says it is {ctype or 'untyped'}")
@@ -158,48 +184,76 @@ def _check(url: str, response: httpx.Response, options: ImageOptions) -> None:
         raise _error(url, f"it is {size} bytes, over the size limit")
 
 
-def _append(url: str, data: bytearray, chunk: bytes, limit: int) -> None:
-    data += chunk
-    if len(data) > limit:
-        raise _error(url, f"it is over the size limit ({limit} B)")
+class _Budget:
+    """One download's limits: bytes and a deadline for the whole of it, redirects included."""
+
+    def __init__(self, url: str, options: ImageOptions) -> None:
+        self.url, self.options = url, options
+        self.deadline = time.monotonic() + options.download_timeout
+        self.data = bytearray()
+
+    def left(self) -> float:
+        """Return the seconds left, raising once there are none."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _error(self.url, f"it took longer than {self.options.download_timeout:g} s")
+        return left
+
+    def add(self, chunk: bytes) -> None:
+        """Keep a chunk of the (undecoded) body, within the size limit and the deadline."""
+        self.data += chunk
+        if len(self.data) > self.options.max_input_bytes:
+            raise _error(self.url, f"it is over the size limit ({self.options.max_input_bytes} B)")
+        self.left()
+
+
+# Ask for the bytes as they are stored: the body is never decoded (see _check).
+_HEADERS = {"accept-encoding": "identity"}
+# What a hostile URL or server can make httpx raise besides its own errors: an invalid URL or
+# redirect target (httpx.InvalidURL), a host name IDNA refuses (UnicodeError is a ValueError).
+_URL_ERRORS = (httpx.HTTPError, httpx.InvalidURL, ValueError)
 
 
 def download(http: httpx.Client, url: str, options: ImageOptions) -> bytes:
-    """Download an image's bytes (checked: status, type, size, addresses, redirects).
+    """Download an image's bytes (checked: status, type, size, addresses, redirects, time).
+
+    The body is read as sent (``identity`` is asked for; a compressed one is refused) and never
+    beyond ``max_input_bytes``; the whole download, redirects included, gets
+    ``download_timeout`` seconds.
 
     Raises:
         ImageError: the download failed or was refused; the message says why and what to do.
 
     """
-    current, hops = url, 0
+    budget, current, hops = _Budget(url, options), url, 0
     while True:
         try:
-            with http.stream("GET", current) as response:
+            with http.stream("GET", current, headers=_HEADERS, timeout=budget.left()) as response:
                 if response.is_redirect:
                     current, hops = _next_hop(url, current, response, hops), hops + 1
                     continue
                 _check(url, response, options)
-                data = bytearray()
-                for chunk in response.iter_bytes():
-                    _append(url, data, chunk, options.max_input_bytes)
-                return bytes(data)
-        except httpx.HTTPError as exc:
-            raise _failed(url, exc) from exc
+                for chunk in response.iter_raw():
+                    budget.add(chunk)
+                return bytes(budget.data)
+        except _URL_ERRORS as exc:
+            raise _failed(url, exc, options) from exc
 
 
 async def adownload(http: httpx.AsyncClient, url: str, options: ImageOptions) -> bytes:
     """Async form of :func:`download`."""
-    current, hops = url, 0
+    budget, current, hops = _Budget(url, options), url, 0
     while True:
         try:
-            async with http.stream("GET", current) as response:
+            async with http.stream(
+                "GET", current, headers=_HEADERS, timeout=budget.left()
+            ) as response:
                 if response.is_redirect:
                     current, hops = _next_hop(url, current, response, hops), hops + 1
                     continue
                 _check(url, response, options)
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    _append(url, data, chunk, options.max_input_bytes)
-                return bytes(data)
-        except httpx.HTTPError as exc:
-            raise _failed(url, exc) from exc
+                async for chunk in response.aiter_raw():
+                    budget.add(chunk)
+                return bytes(budget.data)
+        except _URL_ERRORS as exc:
+            raise _failed(url, exc, options) from exc

@@ -13,25 +13,43 @@ import binascii
 import io
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from PIL import (
+    GifImagePlugin,
+    ImageDraw,
+    ImageFont,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    WebPImagePlugin,
+)
 from PIL import Image as PILImage
-from PIL import ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from llamavision.errors import ImageError
 
 MODEL_MAX_SIDE = 1120
 """Longest side, in pixels, worth sending to Llama 3.2 Vision (two 560 px tiles)."""
 
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\xff\xd8\xff", 0, "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
-    (b"GIF87a", 0, "image/gif"),
-    (b"GIF89a", 0, "image/gif"),
-    (b"WEBP", 8, "image/webp"),
+_MAGIC: tuple[tuple[tuple[tuple[bytes, int], ...], str], ...] = (
+    (((b"\xff\xd8\xff", 0),), "image/jpeg"),
+    (((b"\x89PNG\r\n\x1a\n", 0),), "image/png"),
+    (((b"GIF87a", 0),), "image/gif"),
+    (((b"GIF89a", 0),), "image/gif"),
+    (((b"RIFF", 0), (b"WEBP", 8)), "image/webp"),
 )
+# Each sniffed type is decoded by its own Pillow plugin only: attacker bytes never reach the
+# other decoders (TIFF, BMP, ...). Calling the plugin also skips Image.open's bomb warning;
+# the pixel cap below is ours, checked before anything is decoded.
+_DECODERS: dict[str, Callable[[IO[bytes]], PILImage.Image]] = {
+    "image/jpeg": JpegImagePlugin.JpegImageFile,
+    "image/png": PngImagePlugin.PngImageFile,
+    "image/gif": GifImagePlugin.GifImageFile,
+    "image/webp": WebPImagePlugin.WebPImageFile,
+}
 _KNOWN_OTHERS: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF", 0, "a PDF document"),
     (b"BM", 0, "a BMP image"),
@@ -57,7 +75,11 @@ class ImageOptions:
             transparency). With ``False`` the original bytes are sent whenever the type is
             supported, even if they are larger than needed.
         jpeg_quality: quality of re-encoded JPEGs.
-        download_timeout: seconds allowed to download a remote image (Cloudflare only).
+        max_pixels: refuse images that would decode to more pixels than this (read from the
+            header, before decoding). JPEGs count at the reduced scale they are decoded at
+            when downscaling, so large photos pass; a 13000 x 13000 PNG does not.
+        download_timeout: seconds allowed for a whole download of a remote image (Cloudflare,
+            or a grid), redirects included.
         allow_private_urls: let image downloads reach loopback, private, link-local and other
             non-public addresses. Off by default: image URLs can come from documents and
             users, and fetching them from inside a network is a request forgery hole.
@@ -68,6 +90,7 @@ class ImageOptions:
     max_input_bytes: int = 20 * 1024 * 1024
     reencode: bool = True
     jpeg_quality: int = 85
+    max_pixels: int = 40_000_000
     download_timeout: float = 20.0
     allow_private_urls: bool = False
 
@@ -145,8 +168,8 @@ def image_source(
 
 def sniff_mime(data: bytes) -> str | None:
     """Return the MIME type of supported image bytes, or ``None``."""
-    for magic, offset, mime in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
+    for signature, mime in _MAGIC:
+        if all(data[at : at + len(magic)] == magic for magic, at in signature):
             return mime
     return None
 
@@ -158,7 +181,7 @@ def _describe(data: bytes) -> str:
             return name
     if not data:
         return "an empty file"
-    return f"unrecognised data starting with {data[:8]!r}"
+    return "unrecognised data"  # never its bytes: the file may be anything
 
 
 def _too_large(size: int, limit: int, origin: str) -> ImageError:
@@ -230,17 +253,60 @@ def _from_url(url: str, options: ImageOptions) -> ResolvedImage | RemoteImage:
     return load_image_bytes(data, options, origin="(data URL)")
 
 
+def read_file(path: Path, limit: int) -> bytes:
+    """Read a file of at most ``limit`` bytes: checked by size first, and read no further.
+
+    Raises:
+        ImageError: the file is over the limit.
+        OSError: the file cannot be read.
+
+    """
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise _too_large(size, limit, repr(str(path)))
+        data = f.read(size + 1)  # asks for no bigger a buffer than the file
+        if len(data) > size:  # it grew since: read on, never past the limit
+            data += f.read(limit + 1 - len(data))
+    if len(data) > limit:
+        raise _too_large(len(data), limit, repr(str(path)))
+    return data
+
+
 def _from_path(path: Path, options: ImageOptions) -> ResolvedImage:
     try:
-        size = path.stat().st_size
-        if size > options.max_input_bytes:
-            raise _too_large(size, options.max_input_bytes, str(path))
-        data = path.read_bytes()
+        data = read_file(path, options.max_input_bytes)
     except OSError as exc:
         raise ImageError(
             f"Cannot read image file {str(path)!r}: {exc.strerror or exc}. Check the path."
         ) from exc
     return load_image_bytes(data, options, origin=repr(str(path)))
+
+
+def open_image(
+    data: bytes, options: ImageOptions | None = None, *, origin: str = "(bytes)"
+) -> tuple[PILImage.Image, str]:
+    """Open image bytes with the decoder of their sniffed type only; no pixel is decoded yet.
+
+    Returns:
+        The lazily decoded image and its MIME type.
+
+    Raises:
+        ImageError: the bytes are too many, not a supported image, or their header is broken.
+
+    """
+    options = options or ImageOptions()
+    if len(data) > options.max_input_bytes:
+        raise _too_large(len(data), options.max_input_bytes, origin)
+    mime = sniff_mime(data)
+    if mime is None:
+        raise ImageError(
+            f"Image {origin} is {_describe(data)}, not a supported image: use {SUPPORTED}."
+        )
+    try:
+        return _DECODERS[mime](io.BytesIO(data)), mime
+    except Exception as exc:
+        raise _undecodable(origin, mime, exc) from exc
 
 
 def load_image_bytes(
@@ -253,30 +319,41 @@ def load_image_bytes(
 
     """
     options = options or ImageOptions()
-    if len(data) > options.max_input_bytes:
-        raise _too_large(len(data), options.max_input_bytes, origin)
-    mime = sniff_mime(data)
-    if mime is None:
-        raise ImageError(
-            f"Image {origin} is {_describe(data)}, not a supported image: use {SUPPORTED}."
-        )
+    img, mime = open_image(data, options, origin=origin)
     try:
-        img = PILImage.open(io.BytesIO(data))
         width, height = img.size
         rotated = _orientation(img) not in (None, 1)
         fits = options.max_side is None or max(width, height) <= options.max_side
         if not options.reencode or (fits and not rotated and mime != "image/gif"):
+            _check_pixels(img, options, origin)
             img.load()  # decode once, so that a truncated file fails here, not upstream
             return ResolvedImage(data, mime, width, height)
+        if options.max_side is not None:
+            # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale (DCT scaling) while staying at
+            # least max_side: a 12 MP photo is decoded as 3 MP (a no-op for other formats).
+            img.draft("RGB", (options.max_side, options.max_side))
+        _check_pixels(img, options, origin)
         return _encode(_prepare(img, options), options)
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        PILImage.DecompressionBombError,
-    ) as exc:
-        raise ImageError(f"Image {origin} looks like {mime} but cannot be decoded: {exc}.") from exc
+    except ImageError:
+        raise
+    except Exception as exc:  # a broken file or EXIF block fails this image, typed, nothing more
+        raise _undecodable(origin, mime, exc) from exc
+
+
+def _undecodable(origin: str, mime: str, exc: Exception) -> ImageError:
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return ImageError(f"Image {origin} looks like {mime} but cannot be decoded ({why}).")
+
+
+def _check_pixels(img: PILImage.Image, options: ImageOptions, origin: str) -> None:
+    """Refuse an image that would decode to more than ``max_pixels`` (a decompression bomb)."""
+    width, height = img.size
+    if width * height > options.max_pixels:
+        raise ImageError(
+            f"Image {origin} is {width}x{height} pixels, more than max_pixels "
+            f"({options.max_pixels:,}) allows to decode; the model sees at most "
+            f"{MODEL_MAX_SIDE} px a side. Shrink it first, or raise ImageOptions.max_pixels."
+        )
 
 
 def _orientation(img: PILImage.Image) -> int | None:
@@ -291,10 +368,8 @@ def _prepare(img: PILImage.Image, options: ImageOptions) -> PILImage.Image:
     """Take the first frame, downscale (cheaply, by JPEG draft when possible), then rotate."""
     img.seek(0)
     if options.max_side is not None:
-        # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale (DCT scaling) while staying at
-        # least max_side: a 12 MP photo is decoded as 3 MP. thumbnail keeps the aspect ratio;
-        # as the bound is square, rotating afterwards gives the same result on fewer pixels.
-        img.draft("RGB", (options.max_side, options.max_side))
+        # thumbnail keeps the aspect ratio; as the bound is square, rotating afterwards gives
+        # the same result on fewer pixels.
         img.thumbnail((options.max_side, options.max_side))
     else:
         img.load()
@@ -319,8 +394,12 @@ def _encode(img: PILImage.Image, options: ImageOptions) -> ResolvedImage:
 
 
 def _from_pil(img: PILImage.Image, options: ImageOptions) -> ResolvedImage:
-    img = img.copy()
-    return _encode(_prepare(img, options), options)
+    try:
+        return _encode(_prepare(img.copy(), options), options)
+    except Exception as exc:
+        raise ImageError(
+            f"The PIL image cannot be prepared ({type(exc).__name__}: {exc})."
+        ) from exc
 
 
 def compose_grid(images: list[ResolvedImage], options: ImageOptions | None = None) -> ResolvedImage:

@@ -61,9 +61,10 @@ class LlamaVisionSettings(BaseModel):
     presence_penalty: float | None = None
     repetition_penalty: float | None = None
     stop: list[str] | None = None
-    default_headers: dict[str, str] | None = None
+    default_headers: dict[str, SecretStr] | None = None
     """HTTP headers sent with every request (``Authorization`` is refused: use ``api_key``);
-    per call, pass ``extra_headers``."""
+    per call, pass ``extra_headers``. Their values are kept as secrets (they often are:
+    ``CF-Access-Client-Secret``), hidden from reprs, dumps and tracing callbacks."""
     gateway_id: str | None = None
     """Route ``provider="cloudflare"`` through Cloudflare AI Gateway (the Cloudflare product,
     not the AI Gateway provider); defaults to ``CLOUDFLARE_GATEWAY_ID``."""
@@ -112,7 +113,9 @@ class LlamaVisionSettings(BaseModel):
             multi_image=self.multi_image,
             image_transport=self.image_transport,
             image_options=self.image_options,
-            default_headers=self.default_headers,
+            default_headers=None
+            if self.default_headers is None
+            else {k: v.get_secret_value() for k, v in self.default_headers.items()},
             gateway_id=self.gateway_id,
             gateway_token=self.gateway_token,
             gateway_cache_ttl=self.gateway_cache_ttl,

@@ -77,6 +77,16 @@ def quota_error() -> EmulatorError:
     )
 
 
+def auth_error() -> EmulatorError:
+    """Return the answer to a request without the accepted key."""
+    return EmulatorError(401, "Invalid or missing API key.", "invalid_api_key")
+
+
+def too_large(limit: int) -> EmulatorError:
+    """Return the answer to a request body over ``limit`` bytes."""
+    return EmulatorError(413, f"Request body too large (over {limit} bytes).", "request_too_large")
+
+
 def _bad(message: str) -> EmulatorError:
     return EmulatorError(400, message, "invalid_request_error")
 
@@ -178,7 +188,7 @@ def parse(path: str, headers: dict[str, str], body: Any) -> Received:
 def handle(emulator: Emulator, path: str, headers: dict[str, str], raw: bytes) -> Response:
     """Serve one chat completion request."""
     if not emulator.check_key(NAME, headers):
-        raise EmulatorError(401, "Invalid or missing API key.", "invalid_api_key")
+        raise auth_error()
     try:
         body = json.loads(raw)
     except ValueError as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
 import math
 import re
@@ -24,6 +23,9 @@ from typing import Any, Literal, Protocol
 from PIL import Image as PILImage
 from PIL import ImageStat
 
+from llamavision.errors import ImageError
+from llamavision.images import ImageOptions, open_image
+
 Scope = dict[str, Any]
 ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
@@ -31,6 +33,7 @@ ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 DEFAULT_AIGATEWAY_KEY = "emulator-key"
 DEFAULT_CLOUDFLARE_TOKEN = "emulator-token"
 DEFAULT_ACCOUNT_ID = "emulator-account"
+MAX_BODY = 32 * 1024 * 1024  # bytes of a request body, checked before reading it
 IMAGE_TOKENS = 1601  # what one image costs in prompt tokens, deterministic stand-in
 
 _COLOURS = {
@@ -197,6 +200,12 @@ class Route(Protocol):
     def quota_error(self) -> EmulatorError:
         """Return the provider's answer once the account's allocation is used up."""
 
+    def auth_error(self) -> EmulatorError:
+        """Return the provider's answer to a request without the accepted key."""
+
+    def too_large(self, limit: int) -> EmulatorError:
+        """Return the provider's answer to a request body over ``limit`` bytes."""
+
 
 class Emulator:
     """An ASGI app that speaks AI Gateway's and Cloudflare Workers AI's wire formats.
@@ -242,9 +251,11 @@ class Emulator:
         keep_requests: int = 1000,
         gateway_token: str | None = None,
         latency: float = 0.0,
+        max_body: int = MAX_BODY,
     ) -> None:
         from llamavision.emulator import aigateway, cloudflare
 
+        self.max_body = max_body
         self.keys = {aigateway.NAME: aigateway_key, cloudflare.NAME: cloudflare_token}
         self.license_gate = license_gate
         self.cloudflare_stream_shape = cloudflare_stream_shape
@@ -367,7 +378,8 @@ class Emulator:
         return None
 
     def record(self, received: Received) -> None:
-        """Remember a received request."""
+        """Remember a received request (credentials only as whether they were accepted)."""
+        received.headers = self.masked(received.provider, received.headers)
         with self._changed:
             self.requests.append(received)
             self.counters["received"] += 1
@@ -423,13 +435,27 @@ class Emulator:
                     return
         if scope["type"] != "http":
             return
-        chunks = []
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # Who is asking and how much, before reading a byte of the body.
+        route = self._route(scope["path"]) if scope["method"] == "POST" else None
+        early = None
+        if route is not None and not self.check_key(route.NAME, headers):
+            early = route.error_response(route.auth_error())
+        elif route is not None and _declared_length(headers) > self.max_body:
+            early = route.error_response(route.too_large(self.max_body))
+        if early is not None:
+            await _send(early, send)
+            return
+        chunks, size = [], 0
         while True:
             message = await receive()
             chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body and route is not None:
+                await _send(route.error_response(route.too_large(self.max_body)), send)
+                return
             if not message.get("more_body"):
                 break
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         with self._lock:
             self._inflight += 1
         try:
@@ -446,15 +472,13 @@ class Emulator:
         """Route one request to its provider and build the reply."""
         if method == "GET" and path.startswith("/images/"):
             with self._lock:
-                self.downloads.append({"path": path, **headers})
+                self.downloads.append({"path": path, **self.masked(None, headers)})
                 hosted = self._hosted.get(path.removeprefix("/images/"))
             if hosted is None:
                 return Response(404, {"error": "no such image"})
             return hosted
-        for route in self._routes:
-            if route.matches(path):
-                break
-        else:
+        route = self._route(path)
+        if route is None:
             return Response(
                 404,
                 {
@@ -504,9 +528,37 @@ class Emulator:
             apply_fault(response, fault)
         return response
 
+    def masked(self, provider: str | None, headers: Mapping[str, str]) -> dict[str, str]:
+        """Return ``headers`` with credentials replaced by whether they were accepted.
+
+        The emulator never keeps a credential: ``[accepted]`` or ``[refused]`` (and ``[sent]``
+        for a gateway token when no gateway token is required).
+        """
+        out = dict(headers)
+        if "authorization" in out:
+            ok = provider is not None and self.check_key(provider, headers)
+            out["authorization"] = "[accepted]" if ok else "[refused]"
+        if "cf-aig-authorization" in out:
+            token = self.gateway_token
+            ok = token is not None and out["cf-aig-authorization"] == f"Bearer {token}"
+            out["cf-aig-authorization"] = (
+                "[sent]" if token is None else "[accepted]" if ok else "[refused]"
+            )
+        return out
+
+    def _route(self, path: str) -> Route | None:
+        return next((route for route in self._routes if route.matches(path)), None)
+
     def check_key(self, provider: str, headers: Mapping[str, str]) -> bool:
         """Return whether the request carries the accepted key for ``provider``."""
         return headers.get("authorization", "") == f"Bearer {self.keys[provider]}"
+
+
+def _declared_length(headers: Mapping[str, str]) -> int:
+    try:
+        return int(headers.get("content-length") or 0)
+    except ValueError:
+        return 0
 
 
 def apply_fault(response: Response, fault: Fault) -> None:
@@ -664,22 +716,44 @@ def example_for(schema: Mapping[str, Any], defs: Mapping[str, Any] | None = None
     return "example"
 
 
-def decode_image(url: str) -> PILImage.Image | None:
-    """Decode a data URL or base64 image; ``None`` for anything else."""
+def decode_image(url: str) -> tuple[PILImage.Image, tuple[int, int]]:
+    """Decode a data URL or base64 image, as a provider would: safely, or not at all.
+
+    The image is opened by the decoder of its sniffed type only and drafted down (JPEGs decode
+    at 1/8 scale) before its pixels are decoded. Returns it with the size that was sent.
+
+    Raises:
+        EmulatorError: a 400, as the providers answer an image they cannot read.
+
+    """
     payload = url.partition(",")[2] if url.startswith("data:") else url
     try:
-        return PILImage.open(io.BytesIO(base64.b64decode(payload, validate=True)))
-    except (binascii.Error, ValueError, OSError):
-        return None
+        img, _ = open_image(base64.b64decode(payload, validate=True))
+        size = img.size
+        img.draft("RGB", (96, 96))  # the description needs no more
+        if img.size[0] * img.size[1] > ImageOptions().max_pixels:
+            raise ImageError(f"{size[0]}x{size[1]} pixels, a decompression bomb")
+        img.load()
+    except (binascii.Error, ValueError) as exc:
+        raise EmulatorError(400, f"Invalid image: its base64 cannot be read ({exc}).") from None
+    except ImageError as exc:
+        raise EmulatorError(400, f"Invalid image: {exc.message}") from None
+    except Exception as exc:
+        why = type(exc).__name__
+        raise EmulatorError(400, f"Invalid image: it cannot be decoded ({why}).") from None
+    return img, size
 
 
 def describe_image(url: str) -> str:
-    """Describe an image honestly: format, size and mean colour, or why it was not read."""
+    """Describe an image honestly: format, size and mean colour.
+
+    Raises:
+        EmulatorError: the image cannot be read (see :func:`decode_image`).
+
+    """
     if url.startswith(("http://", "https://")):
         return f"an image URL ({url}) that the emulator does not fetch"
-    img = decode_image(url)
-    if img is None:
-        return "an image that could not be decoded"
+    img, (width, height) = decode_image(url)
     rgb = img.convert("RGB")
     mean = tuple(int(v) for v in ImageStat.Stat(rgb).mean)
     small = rgb.resize((24, 24))
@@ -692,7 +766,7 @@ def describe_image(url: str) -> str:
     ranked = sorted(counts, key=lambda c: -counts[c])
     main = [c for c in ranked if counts[c] >= 0.15 * 576][:3] or ranked[:1]
     return (
-        f"a {img.width}x{img.height} {img.format} image, mostly {' and '.join(main)} "
+        f"a {width}x{height} {img.format} image, mostly {' and '.join(main)} "
         f"(mean colour #{mean[0]:02x}{mean[1]:02x}{mean[2]:02x})"
     )
 

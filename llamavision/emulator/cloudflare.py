@@ -95,6 +95,16 @@ def quota_error() -> EmulatorError:
     )
 
 
+def auth_error() -> EmulatorError:
+    """Return the answer to a request without the accepted token."""
+    return EmulatorError(401, "Authentication error", 10000)
+
+
+def too_large(limit: int) -> EmulatorError:
+    """Return the answer to a request body over ``limit`` bytes (Workers AI 3006)."""
+    return EmulatorError(413, f"Request is too large (over {limit} bytes)", 3006)
+
+
 def _bad(message: str) -> EmulatorError:
     return EmulatorError(400, message, 5006)
 
@@ -224,7 +234,7 @@ def _run(
 ) -> Response:
     """Serve one Workers AI run, with the license gate."""
     if not emulator.check_key(NAME, headers):
-        raise EmulatorError(401, "Authentication error", 10000)
+        raise auth_error()
     if model != workers_ai.DEFAULT_MODEL:
         raise EmulatorError(400, f"No such model {model}", 5007)
     try:

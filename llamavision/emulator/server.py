@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -265,6 +267,13 @@ def start_unless_configured(
     return server
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def serve(
     port: int = 8799,
     host: str = "127.0.0.1",
@@ -279,9 +288,24 @@ def serve(
     Once it accepts requests, writes ``llamavision emulator ready at URL`` (the real port when
     ``port`` is 0) and how to point clients at it to ``announce`` (default: stderr).
     """
+    stream = announce or sys.stderr
     emulator = Emulator(license_gate=license_gate, rate_limit=rate_limit, latency=latency)
+    if not _is_loopback(host):
+        # reachable from other machines: keys nobody can guess, unless the caller sets them
+        emulator.keys = {
+            "aigateway": os.environ.get("LLAMAVISION_EMULATOR_AIGATEWAY_KEY")
+            or secrets.token_urlsafe(24),
+            "cloudflare": os.environ.get("LLAMAVISION_EMULATOR_CLOUDFLARE_TOKEN")
+            or secrets.token_urlsafe(24),
+        }
+        print(
+            f"llamavision emulator: WARNING: listening on {host}, not only on this machine. "
+            "Anyone who can reach it can use it with the keys below (random for this run; set "
+            "LLAMAVISION_EMULATOR_AIGATEWAY_KEY and LLAMAVISION_EMULATOR_CLOUDFLARE_TOKEN to "
+            "choose them). It is a test tool: keep it on 127.0.0.1 unless you need otherwise.",
+            file=stream,
+        )
     with EmulatorServer(emulator, port, host=host) as server:
-        stream = announce or sys.stderr
         print(f"llamavision emulator ready at {server.url}", file=stream)
         print(
             "Point clients at it with:\n"

@@ -7,13 +7,14 @@ means adding one module that satisfies :class:`Codec` (and one emulator route).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from llamavision.errors import LlamaVisionError
+from llamavision.errors import ConfigurationError, LlamaVisionError
 from llamavision.messages import ChatRequest, ChatResult, Price, StreamDelta
 
 
@@ -42,6 +43,17 @@ class CloudflareGateway:
     skip_cache: bool = False
     cache_key: str | None = None
     metadata: Mapping[str, str | int | float | bool] | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (self.metadata or {}).items():
+            flat = isinstance(value, (str, bool, int)) or (
+                isinstance(value, float) and math.isfinite(value)
+            )
+            if not isinstance(name, str) or not flat:
+                raise ConfigurationError(
+                    f"gateway_metadata[{name!r}] must be a string, a finite number or a boolean "
+                    "(Cloudflare AI Gateway takes a flat JSON object of tags)."
+                )
 
 
 class StreamParser(Protocol):

@@ -238,7 +238,9 @@ def gateway_headers(gateway: CloudflareGateway, *, cache: bool = True) -> dict[s
     if cache and gateway.cache_key:
         headers["cf-aig-cache-key"] = gateway.cache_key
     if gateway.metadata:
-        headers["cf-aig-metadata"] = json.dumps(dict(gateway.metadata), separators=(",", ":"))
+        headers["cf-aig-metadata"] = json.dumps(
+            dict(gateway.metadata), separators=(",", ":"), allow_nan=False
+        )
     return headers
 
 
