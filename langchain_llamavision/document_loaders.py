@@ -16,8 +16,11 @@ class CaptionLoader(BaseLoader):
 
     Each captioned image is a ``Document`` whose ``page_content`` is the caption and whose
     metadata holds ``image_path``, ``sha256``, ``provider``, ``model`` and the rest of the
-    record, so a retriever over captions finds the image to show the model. Rows without a
-    caption (error rows) are skipped and counted in :attr:`skipped`.
+    record, so a retriever over captions finds the image to show the model: ``image_path``
+    is where the image is now (an absolute path, resolved against the captions file's folder,
+    or a URI). An image that cannot be found keeps the stored path and is counted in
+    :attr:`missing` (one warning per load). Rows without a caption (error rows) are skipped
+    and counted in :attr:`skipped`.
 
     Setup:
         Caption a folder first: ``llamavision caption photos/ --out captions.jsonl``.
@@ -40,6 +43,7 @@ class CaptionLoader(BaseLoader):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.skipped = 0
+        self.missing = 0
 
     def lazy_load(self) -> Iterator[Document]:
         """Yield one document per captioned image, reading the file line by line.
@@ -49,6 +53,9 @@ class CaptionLoader(BaseLoader):
 
         """
         records = CaptionRecords(self.path)
-        for caption, metadata in records:
-            yield Document(page_content=caption, metadata=metadata)
-        self.skipped = records.skipped
+        for caption, metadata, image in records:
+            yield Document(
+                page_content=caption,
+                metadata={**metadata, "image_path": image or metadata.get("image_path")},
+            )
+        self.skipped, self.missing = records.skipped, records.missing

@@ -17,17 +17,25 @@ from __future__ import annotations
 import asyncio
 import glob
 import hashlib
-import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from llamavision.captions_file import (
+    CaptionsWriter,
+    iter_captions,
+    resolve_image_path,
+    stored_path,
+)
 from llamavision.client import LlamaVisionClient
 from llamavision.errors import ImageError, LlamaVisionError
 from llamavision.images import ImageOptions, read_file
 from llamavision.messages import ChatResult, Message
+
+logger = logging.getLogger("llamavision")
 
 DEFAULT_PROMPT = (
     "Write one detailed paragraph describing this image for a search index: the main "
@@ -130,23 +138,13 @@ def _fixed_parts(pattern: str) -> list[str]:
     return parts
 
 
-def iter_captions(out: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the records of a captions JSONL file, one line at a time.
-
-    A missing file yields nothing; a torn last line (a hard kill mid-write) is skipped, and
-    its image is simply captioned again.
-    """
-    path = Path(out)
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                yield record
+def captioned_digests(out: str | Path) -> set[str]:
+    """Return the SHA-256 of every image captioned in ``out`` (error rows are tried again)."""
+    return {
+        r["sha256"]
+        for r in iter_captions(out)
+        if isinstance(r.get("sha256"), str) and not r.get("error")
+    }
 
 
 def load_captions(out: str | Path) -> list[dict[str, Any]]:
@@ -155,11 +153,14 @@ def load_captions(out: str | Path) -> list[dict[str, Any]]:
 
 
 class CaptionRecords:
-    """The usable records of a captions file, for document loaders: ``(caption, metadata)``.
+    """The usable records of a captions file, for document loaders.
 
-    The metadata is the rest of the record, without empty values (vector stores refuse
-    them). Records without a caption, such as error rows of a Ray job written as JSON lines,
-    are skipped and counted in :attr:`skipped`.
+    Yields ``(caption, metadata, image)``: the metadata is the rest of the record, without
+    empty values (vector stores refuse them); ``image`` is where the image is now (a URI, or
+    an existing file, found as :func:`~llamavision.captions_file.resolve_image_path` says), or
+    ``None`` when it cannot be found. Such records are counted in :attr:`missing`, and one
+    warning per pass names how many. Records without a caption (error rows) are skipped and
+    counted in :attr:`skipped`.
 
     Raises:
         FileNotFoundError: when iterated, if the file does not exist.
@@ -169,26 +170,34 @@ class CaptionRecords:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.skipped = 0
+        self.missing = 0
 
-    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any], str | None]]:
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"No captions file at {self.path}: write one with "
                 f"'llamavision caption IMAGES --out {self.path}'."
             )
-        self.skipped = 0
+        self.skipped = self.missing = 0
         for record in iter_captions(self.path):
             caption = record.get("caption")
             if record.get("error") or not isinstance(caption, str) or not caption.strip():
                 self.skipped += 1
                 continue
-            yield (
-                caption,
-                {
-                    k: v
-                    for k, v in record.items()
-                    if k not in ("caption", "error") and v is not None
-                },
+            metadata = {
+                k: v for k, v in record.items() if k not in ("caption", "error") and v is not None
+            }
+            stored = metadata.get("image_path")
+            image = resolve_image_path(stored, self.path) if isinstance(stored, str) else None
+            if image is None:
+                self.missing += 1
+            yield caption, metadata, image
+        if self.missing:
+            logger.warning(
+                "%d image(s) of %s could not be found (moved or deleted): their captions are "
+                "loaded as text only. image_path is relative to the captions file's folder.",
+                self.missing,
+                self.path,
             )
 
 
@@ -207,11 +216,17 @@ def read_image(path: Path, limit: int | None = None) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def caption_record(path: str | Path, digest: str, result: ChatResult) -> dict[str, Any]:
-    """Build the JSONL record of one captioned image."""
+def caption_record(
+    path: str | Path, digest: str, result: ChatResult, out: str | Path | None = None
+) -> dict[str, Any]:
+    """Build the JSONL record of one captioned image.
+
+    With ``out`` (the captions file), ``image_path`` is stored as that file keeps it (see
+    :func:`~llamavision.captions_file.stored_path`); without, as given.
+    """
     usage = result.usage
     return {
-        "image_path": str(path),
+        "image_path": str(path) if out is None else stored_path(path, out),
         "sha256": digest,
         "caption": result.text.strip(),
         "provider": result.provider,
@@ -223,26 +238,22 @@ def caption_record(path: str | Path, digest: str, result: ChatResult) -> dict[st
     }
 
 
-def json_line(record: dict[str, Any]) -> str:
-    """Return a record as one line of JSON to every reader.
-
-    U+2028, U+2029 and U+0085 are escaped (``str.splitlines`` and some JSON-lines readers
-    break lines there), and so are lone surrogates, which is how Python holds the bytes of a
-    file name that is not UTF-8: ``json.loads`` and ``os.fsencode`` give the name back.
-    """
-    text = json.dumps(record, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
-    for char in _LINE_BREAKS:
-        text = text.replace(char, f"\\u{ord(char):04x}")
-    return text + "\n"
+def error_record(path: str | Path, digest: str | None, why: str, out: str | Path) -> dict[str, Any]:
+    """Build the JSONL record of an image that failed: a re-run tries it again."""
+    return {"image_path": stored_path(path, out), "sha256": digest, "error": why}
 
 
-_LINE_BREAKS = ("\u2028", "\u2029", "\x85")
+def append_failure(
+    sink: CaptionsWriter, record: dict[str, Any], summary: CaptionSummary, shown: str
+) -> None:
+    """Append an error row (flushed) and count it in the summary under ``shown``."""
+    sink.write(record)
+    summary.failures[shown] = record["error"]
 
 
-def append_record(sink: IO[str], record: dict[str, Any], summary: CaptionSummary) -> None:
+def append_record(sink: CaptionsWriter, record: dict[str, Any], summary: CaptionSummary) -> None:
     """Append one caption record to the output (flushed: nothing finished is lost) and count it."""
-    sink.write(json_line(record))
-    sink.flush()
+    sink.write(record)
     summary.captioned += 1
     summary.prompt_tokens += record["prompt_tokens"] or 0
     summary.completion_tokens += record["completion_tokens"] or 0
@@ -286,7 +297,6 @@ async def caption_images(
     """
     started = time.monotonic()
     summary = CaptionSummary()
-    done = {r.get("sha256") for r in iter_captions(out)}
     before = client.rate_stats
     total = len(images) if isinstance(images, Sized) else 0
     paths = iter(images)
@@ -300,7 +310,11 @@ async def caption_images(
         if on_progress is not None:
             on_progress(summary, total)
 
-    with Path(out).open("a", encoding="utf-8") as sink:
+    with CaptionsWriter(out) as sink:  # one writer: a second run on ``out`` fails here
+        done = captioned_digests(out)
+
+        def failed(path: Path, digest: str | None, why: str) -> None:
+            append_failure(sink, error_record(path, digest, why, out), summary, str(path))
 
         async def caption(path: Path, data: bytes, digest: str) -> None:
             try:
@@ -311,9 +325,9 @@ async def caption_images(
                 if exc.account_level:
                     summary.stopped = exc
                     raise _Stop from exc
-                summary.failures[str(path)] = exc.message
+                failed(path, digest, exc.message)
                 return
-            append_record(sink, caption_record(path, digest, result), summary)
+            append_record(sink, caption_record(path, digest, result, out), summary)
 
         async def worker() -> None:
             for item in paths:  # one shared iterator: each image goes to one worker
@@ -321,9 +335,9 @@ async def caption_images(
                 try:
                     data, digest = await asyncio.to_thread(read_image, path, limit)
                 except OSError as exc:
-                    summary.failures[str(path)] = f"cannot read: {exc.strerror or exc}"
+                    failed(path, None, f"cannot read: {exc.strerror or exc}")
                 except ImageError as exc:
-                    summary.failures[str(path)] = exc.message
+                    failed(path, None, exc.message)
                 else:
                     if digest in done:
                         summary.skipped += 1

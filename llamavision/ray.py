@@ -5,8 +5,7 @@
     import ray
     from llamavision.ray import caption_dataset
 
-    ray.init(runtime_env={"env_vars": {"CLOUDFLARE_ACCOUNT_ID": "...",
-                                       "CLOUDFLARE_API_TOKEN": "..."}})
+    ray.init()  # with CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_API_TOKEN set here
     images = ray.data.read_binary_files("s3://bucket/photos/", include_paths=True)
     captions = caption_dataset(images, provider="cloudflare", rate_limit=300)
     captions.write_parquet("s3://bucket/captions/")
@@ -15,8 +14,9 @@ A pool of :class:`Captioner` actors each owns one client and keeps several reque
 flight (async inside the actor). Actors are I/O-bound, so each claims a fraction of a CPU and
 leaves the rest to Ray's read tasks. All actors of a job share one rate limit: a small
 :class:`SharedRateLimit` actor holds the governor (token bucket, ``Retry-After`` pause,
-adaptive concurrency) that one client holds on one machine. Credentials reach the actors
-through the environment (Ray's ``runtime_env`` ``env_vars``), never through task arguments.
+adaptive concurrency) that one client holds on one machine. Credentials set where the job is
+started travel pickled with the actors (as ``SecretStr``), never in Ray's ``runtime_env``,
+which its dashboard and state API show to anyone who can open them.
 """
 
 from __future__ import annotations
@@ -32,18 +32,22 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
+from pydantic import SecretStr
 
 from llamavision.captions import (
     DEFAULT_PROMPT,
     CaptionSummary,
+    append_failure,
     append_record,
     caption_record,
-    iter_captions,
+    captioned_digests,
+    error_record,
 )
-from llamavision.client import BASE_URL_ENV, LlamaVisionClient
+from llamavision.captions_file import CaptionsWriter, stored_path
+from llamavision.client import BASE_URL_ENV, GATEWAY_BASE_URL_ENV, LlamaVisionClient
 from llamavision.errors import ConfigurationError, LlamaVisionError, missing_extra
 from llamavision.messages import Message
-from llamavision.providers import PROVIDERS
+from llamavision.providers import PROVIDERS, workers_ai
 from llamavision.ratelimit import Outcome, RateGovernor, RateStats, Ticket
 
 try:
@@ -189,6 +193,9 @@ class Captioner:
         max_tokens: the longest caption, in tokens.
         concurrency: requests in flight at once in this actor.
         rate_limiter: a :class:`SharedRateLimit` actor shared by the job's actors.
+        credentials: environment variables (credentials, account, base URLs) to set in the
+            actor's process before its client is made, as ``SecretStr`` values: they travel
+            pickled with the actor, which Ray's dashboard and state API do not display.
         **client_options: more :class:`~llamavision.LlamaVisionClient` options
             (``model``, ``accept_license``, ``max_retries``...), no credentials.
 
@@ -202,8 +209,11 @@ class Captioner:
         max_tokens: int = 300,
         concurrency: int = 8,
         rate_limiter: Any = None,
+        credentials: Mapping[str, SecretStr] | None = None,
         **client_options: Any,
     ) -> None:
+        for name, value in (credentials or {}).items():
+            os.environ[name] = value.get_secret_value()  # this actor's own process only
         governor = None if rate_limiter is None else RemoteGovernor(rate_limiter)
         self.client = LlamaVisionClient(provider, governor=governor, **client_options)
         self.prompt = prompt
@@ -237,15 +247,20 @@ class Captioner:
         return {**caption_record(path or "", digest, result), "error": None}
 
 
-def credential_env(provider: str) -> dict[str, str]:
-    """Return the variables of this environment that configure ``provider``, for actors.
+def credential_env(providers: Sequence[str]) -> dict[str, SecretStr]:
+    """Return the variables of this environment that configure ``providers``, for actors.
 
-    The credential, the account id and the base URL, when set: they travel as Ray's
-    ``runtime_env`` ``env_vars``, never as task arguments.
+    Each provider's credential, account id and base URL, and the Cloudflare AI Gateway's
+    id, token and base URL, when set, as ``SecretStr``: :class:`Captioner` sets them in its
+    own process. They never go into Ray's ``runtime_env``, which the dashboard shows.
     """
-    codec = PROVIDERS[provider]
-    names = [codec.KEY_ENV, codec.ACCOUNT_ENV, BASE_URL_ENV[provider]]
-    return {name: os.environ[name] for name in names if name and os.environ.get(name)}
+    names: list[str | None] = [
+        GATEWAY_BASE_URL_ENV, workers_ai.GATEWAY_ENV, workers_ai.GATEWAY_TOKEN_ENV,
+    ]  # fmt: skip
+    for provider in providers:
+        codec = PROVIDERS[provider]
+        names += [codec.KEY_ENV, codec.ACCOUNT_ENV, BASE_URL_ENV[provider]]
+    return {n: SecretStr(os.environ[n]) for n in names if n is not None and os.environ.get(n)}
 
 
 def caption_dataset(
@@ -276,9 +291,10 @@ def caption_dataset(
         num_cpus: CPUs each actor claims; a fraction, as actors mostly wait on the network.
         rate_limiter: a :class:`SharedRateLimit` actor to use (default: a new one).
         **client_options: more :class:`~llamavision.LlamaVisionClient` options (``model``,
-            ``accept_license``, ``max_retries``...). Credentials are read from the
-            environment of the actors; those set in this process are forwarded with
-            Ray's ``runtime_env``.
+            ``accept_license``, ``max_retries``, ``fallback_providers``...). Credentials set
+            in this process's environment (see :func:`credential_env`) reach the actors
+            pickled with them, where Ray's dashboard, state API and logs do not show them;
+            on a cluster, the worker nodes' own environment works too.
 
     Returns:
         A lazy dataset with the columns of :data:`FIELDS`, one row per image.
@@ -294,13 +310,15 @@ def caption_dataset(
             "max_tokens": max_tokens,
             "concurrency": concurrency,
             "rate_limiter": rate_limiter,
+            "credentials": credential_env(
+                [provider, *client_options.get("fallback_providers", ())]
+            ),
             **client_options,
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=num_cpus,
         batch_size=batch_size,
         batch_format="numpy",
-        runtime_env={"env_vars": credential_env(provider)},
     )
 
 
@@ -365,13 +383,40 @@ def caption_files(
     """
     started = time.monotonic()
     summary = CaptionSummary()
-    done = {r.get("sha256") for r in iter_captions(out)}
+    with CaptionsWriter(out) as sink:  # one writer: a second run on ``out`` fails here
+        return _caption_files_into(
+            sink, paths, out, summary, started, provider=provider, prompt=prompt,
+            max_tokens=max_tokens, actors=actors, concurrency=concurrency,
+            rate_limit=rate_limit, address=address, on_progress=on_progress,
+            **client_options,
+        )  # fmt: skip
+
+
+def _caption_files_into(
+    sink: CaptionsWriter,
+    paths: Sequence[str | Path],
+    out: str | Path,
+    summary: CaptionSummary,
+    started: float,
+    *,
+    provider: str,
+    prompt: str,
+    max_tokens: int,
+    actors: int,
+    concurrency: int,
+    rate_limit: float | None,
+    address: str | None,
+    on_progress: Callable[[CaptionSummary, int], None] | None,
+    **client_options: Any,
+) -> CaptionSummary:
+    done = captioned_digests(out)
     originals: dict[str, str] = {}
     for item in paths:
         try:
             digest = file_digest(Path(item))
         except OSError as exc:
-            summary.failures[str(item)] = f"cannot read: {exc.strerror or exc}"
+            why = f"cannot read: {exc.strerror or exc}"
+            append_failure(sink, error_record(item, None, why, out), summary, str(item))
             continue
         if digest in done:
             summary.skipped += 1
@@ -407,17 +452,16 @@ def caption_files(
         **client_options,
     )
     try:
-        with Path(out).open("a", encoding="utf-8") as sink:
-            for batch in captions.iter_batches(batch_format="pyarrow", batch_size=None):
-                for row in batch.to_pylist():  # type: ignore[union-attr]
-                    path = originals.get(os.path.abspath(row["image_path"]), row["image_path"])
-                    why = row.pop("error")
-                    if why is not None:
-                        summary.failures[path] = why
-                    else:
-                        row["image_path"] = path
-                        append_record(sink, row, summary)
-                    progress()
+        for batch in captions.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():  # type: ignore[union-attr]
+                path = originals.get(os.path.abspath(row["image_path"]), row["image_path"])
+                why = row.pop("error")
+                if why is not None:
+                    append_failure(sink, error_record(path, row["sha256"], why, out), summary, path)
+                else:
+                    row["image_path"] = stored_path(path, out)
+                    append_record(sink, row, summary)
+                progress()
     except KeyboardInterrupt:
         summary.interrupted = True
     except Exception as exc:

@@ -83,7 +83,7 @@ def test_caption_writes_jsonl_ready_for_rag_and_skips_bad_images(
     out = tmp_path / "captions.jsonl"
     code, _, err = run("caption", str(folder), "--out", str(out), "--concurrency", "3")
     assert code == 0
-    records = load_captions(out)
+    records = [r for r in load_captions(out) if not r.get("error")]
     assert sorted(Path(r["image_path"]).name for r in records) == [
         "blue-circle.jpg",
         "green-triangle.webp",
@@ -94,10 +94,12 @@ def test_caption_writes_jsonl_ready_for_rag_and_skips_bad_images(
         assert record["caption"] and len(record["sha256"]) == 64 and record["cost_usd"] > 0
     assert "4 captioned" in err and "1 failed" in err and "broken.jpg" in err
     assert "cannot be decoded" in err
+    (error,) = [r for r in load_captions(out) if r.get("error")]  # recorded, as on Ray
+    assert Path(error["image_path"]).name == "broken.jpg" and "cannot be decoded" in error["error"]
 
     code, _, err = run("caption", str(folder), "--out", str(out))
-    assert "0 captioned, 4 already done" in err
-    assert len(load_captions(out)) == 4
+    assert "0 captioned, 4 already done, 1 failed" in err  # the error row was tried again
+    assert len([r for r in load_captions(out) if not r.get("error")]) == 4
 
 
 def test_caption_rides_out_rate_limits(emulator: Emulator, folder: Path, tmp_path: Path) -> None:

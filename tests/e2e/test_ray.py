@@ -1,7 +1,7 @@
 """Captioning on Ray Data: a local Ray (2 CPUs, one session for the module) and the emulator.
 
 The actors run in Ray's worker processes and reach the emulator over loopback; credentials
-and base URLs reach them through ``runtime_env`` ``env_vars``.
+and base URLs reach them pickled with the actors, never through ``runtime_env``.
 """
 
 from __future__ import annotations
