@@ -271,12 +271,19 @@ finally:
 
 @pytest.mark.slow
 def test_credentials_stay_out_of_what_ray_displays(
-    emulator: Emulator, emulator_server: EmulatorServer, tmp_path: Path
+    emulator: Emulator,
+    emulator_server: EmulatorServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key = "sk-ray-visible-check-7f3a9c2e51"
-    emulator.keys["aigateway"] = key
+    monkeypatch.setitem(emulator.keys, "aigateway", key)  # this test's only
     make_images(tmp_path / "imgs", 3)
-    env = {**os.environ, **emulator_server.env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        **emulator_server.env(),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     done = subprocess.run(
         [sys.executable, "-c", RAY_JOB, str(tmp_path / "imgs")],
         env=env,
