@@ -43,6 +43,7 @@ from typing_extensions import Self
 from llamavision import messages as core
 from llamavision.client import LlamaVisionClient
 from llamavision.images import image_source
+from llamavision.providers import PROVIDERS
 from llamavision.settings import LlamaVisionSettings
 
 PROVIDER_TAG = "llamavision"
@@ -134,6 +135,7 @@ def to_chunk(delta: core.StreamDelta) -> AIMessageChunk:
         return AIMessageChunk(content=delta.text, tool_call_chunks=chunks)
     return AIMessageChunk(
         content=delta.text,
+        id=delta.request_id,  # the merged message's id, as invoke() gives it, not lc_run--
         tool_call_chunks=chunks,
         usage_metadata=_usage(delta.usage),
         response_metadata=_metadata(delta),
@@ -216,12 +218,9 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
     @property
     def lc_secrets(self) -> dict[str, str]:
         """Secrets and where they come from."""
-        return {
-            "api_key": "AIGATEWAY_API_KEY"
-            if self.provider == "aigateway"
-            else "CLOUDFLARE_API_TOKEN",
-            "gateway_token": "CLOUDFLARE_AI_GATEWAY_AUTH",
-        }
+        codec = PROVIDERS[self.provider]
+        gateway = next(c for c in PROVIDERS.values() if c.GATEWAY_TOKEN_ENV)
+        return {"api_key": codec.KEY_ENV, "gateway_token": str(gateway.GATEWAY_TOKEN_ENV)}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -342,8 +341,9 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
             schema: a Pydantic model, a TypedDict, a JSON schema or an OpenAI tool dict.
             method: ``"function_calling"`` (a forced tool call), ``"json_mode"`` (JSON
                 object; the prompt must describe the shape) or ``"json_schema"``
-                (schema-constrained output). Workers AI has no JSON mode, so on
-                ``provider="cloudflare"`` both JSON methods use function calling.
+                (schema-constrained output). Workers AI has no JSON mode, so when it may
+                answer (``provider`` or ``fallback_providers``) both JSON methods use
+                function calling.
             include_raw: also return the raw message and any parsing error.
             strict: with ``"json_schema"``, ask the provider to follow the schema strictly.
             **kwargs: unsupported; raises if given.
@@ -353,8 +353,9 @@ class ChatLlamaVision(LlamaVisionSettings, BaseChatModel):
             raise ValueError(f"Unsupported arguments: {sorted(kwargs)}")
         if schema is None and method != "json_mode":
             raise ValueError(f"method={method!r} needs a schema.")
-        if self.provider == "cloudflare" and schema is not None:
-            method = "function_calling"
+        providers = [self.provider, *self.fallback_providers]
+        if schema is not None and not all(PROVIDERS[p].JSON_MODE for p in providers):
+            method = "function_calling"  # every provider that may answer must take it
         target: Any = schema
         is_pydantic = isinstance(target, type) and is_basemodel_subclass(target)
         fmt = {"kwargs": {"method": method}, "schema": schema}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.generic_utils import (
@@ -125,11 +125,23 @@ def _answer_kwargs(result: core.ChatResult | core.StreamAccumulator) -> dict[str
     return {**core.result_metadata(result), **usage}
 
 
+def _raw(reply: Any, usage: core.Usage | None) -> dict[str, Any]:
+    """Return ``raw`` as LlamaIndex's handlers read it: a dict with OpenAI-style ``usage``.
+
+    ``TokenCountingHandler`` and the instrumentation read ``raw["usage"]``; the provider's
+    reply (a Workers AI envelope keeps its usage under ``result``) is kept around it.
+    """
+    raw = dict(reply) if isinstance(reply, Mapping) else {}
+    if usage is not None:
+        raw["usage"] = dataclasses.asdict(usage)
+    return raw
+
+
 def to_chat_response(result: core.ChatResult) -> ChatResponse:
     """Translate a complete answer into a ``ChatResponse`` (usage and cost in kwargs)."""
     return ChatResponse(
         message=to_chat_message(result.text, result.tool_calls),
-        raw=result.raw,
+        raw=_raw(result.raw, result.usage),
         additional_kwargs=_answer_kwargs(result),
     )
 
@@ -347,4 +359,5 @@ class _Streamed:
         else:
             message = ChatMessage(role=MessageRole.ASSISTANT, content=self.text)
         extra = _answer_kwargs(self.acc) if delta.finish_reason is not None else {}
-        return ChatResponse(message=message, delta=delta.text, raw=delta, additional_kwargs=extra)
+        raw = _raw(None, delta.usage)
+        return ChatResponse(message=message, delta=delta.text, raw=raw, additional_kwargs=extra)

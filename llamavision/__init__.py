@@ -50,14 +50,17 @@ from llamavision.messages import (
     ToolResult,
     Usage,
 )
+from llamavision.streams import AsyncChatStream, ChatStream
 
 __all__ = [
     "APIConnectionError",
     "APIStatusError",
+    "AsyncChatStream",
     "AuthenticationError",
     "BadRequestError",
     "ChatRequest",
     "ChatResult",
+    "ChatStream",
     "ConfigurationError",
     "GenerationParams",
     "Image",

@@ -16,7 +16,16 @@ import random
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -55,9 +64,10 @@ from llamavision.messages import (
     Tool,
     ToolChoice,
 )
-from llamavision.providers import PROVIDERS, Codec, workers_ai
+from llamavision.providers import PROVIDERS, Codec
 from llamavision.providers.codec import CloudflareGateway
 from llamavision.ratelimit import Governor, RateGovernor, RateStats, Releasable, is_throttle
+from llamavision.streams import AsyncChatStream, ChatStream
 
 logger = logging.getLogger("llamavision")
 T = TypeVar("T")
@@ -66,8 +76,6 @@ MultiImage = Literal["error", "latest", "grid"]
 Messages = str | Message | Sequence[Message]
 SECRET_WINDOW = 12
 """Redaction also removes any run of this many characters of a credential (a partial echo)."""
-BASE_URL_ENV = {"aigateway": "AIGATEWAY_BASE_URL", "cloudflare": "CLOUDFLARE_BASE_URL"}
-GATEWAY_BASE_URL_ENV = "CLOUDFLARE_GATEWAY_BASE_URL"  # the Cloudflare AI Gateway route
 
 
 @dataclass(frozen=True)
@@ -143,10 +151,14 @@ def make_endpoint(
         check_header_values(
             codec.gateway_headers(gateway)
         )  # also refuses a provider it does not front
-        url = base_url or os.environ.get(GATEWAY_BASE_URL_ENV) or str(codec.GATEWAY_BASE_URL)
+        url = (
+            base_url
+            or os.environ.get(str(codec.GATEWAY_BASE_URL_ENV))
+            or str(codec.GATEWAY_BASE_URL)
+        )
         url = url.replace("{gateway_id}", gateway.gateway_id)
     else:
-        url = base_url or os.environ.get(BASE_URL_ENV[provider]) or codec.DEFAULT_BASE_URL
+        url = base_url or os.environ.get(codec.BASE_URL_ENV) or codec.DEFAULT_BASE_URL
     if "{account_id}" in url and codec.ACCOUNT_ENV:
         account = account_id or os.environ.get(codec.ACCOUNT_ENV)
         if not account:
@@ -176,24 +188,27 @@ def _gateway(
     **options: Any,
 ) -> CloudflareGateway | None:
     """Return the Cloudflare AI Gateway the settings and the environment ask for, if any."""
+    # the codec that can be routed through a gateway names the gateway's variables
+    names = next(codec for codec in PROVIDERS.values() if codec.GATEWAY_ENV)
+    id_env, token_env = str(names.GATEWAY_ENV), str(names.GATEWAY_TOKEN_ENV)
     explicit = gateway_id is not None
-    gateway_id = gateway_id or os.environ.get(workers_ai.GATEWAY_ENV) or None
+    gateway_id = gateway_id or os.environ.get(id_env) or None
     if gateway_id is None:
         given = [k for k, v in options.items() if v not in (None, False)]
         if given or token is not None:
             raise ConfigurationError(
                 f"gateway_{(given or ['token'])[0]} configures Cloudflare AI Gateway: set "
-                f"gateway_id (or {workers_ai.GATEWAY_ENV}) too."
+                f"gateway_id (or {id_env}) too."
             )
         return None
-    if "cloudflare" not in providers:
+    if not any(PROVIDERS[name].GATEWAY_BASE_URL for name in providers):
         if explicit:
             raise ConfigurationError(
                 "gateway_id routes provider='cloudflare' through Cloudflare AI Gateway (the "
                 "Cloudflare product); the AI Gateway provider needs no gateway_id."
             )
         return None
-    token = token if token is not None else os.environ.get(workers_ai.GATEWAY_TOKEN_ENV)
+    token = token if token is not None else os.environ.get(token_env)
     secret = None if token is None else credential(token, "Cloudflare AI Gateway token")
     return CloudflareGateway(gateway_id, secret or None, **options)
 
@@ -403,7 +418,7 @@ class LlamaVisionClient:
                 price=prices.get(name),
                 governor=(governor if i == 0 else None) or make_governor(),
                 default_headers=default_headers,
-                gateway=gateway if name == "cloudflare" else None,
+                gateway=gateway if PROVIDERS[name].GATEWAY_BASE_URL else None,
             )
             for i, name in enumerate(names)
         )
@@ -536,13 +551,16 @@ class LlamaVisionClient:
         params: GenerationParams | None = None,
         extra_headers: Mapping[str, str] | None = None,
         **overrides: Any,
-    ) -> Iterator[StreamDelta]:
+    ) -> ChatStream:
         """Stream the answer, delta by delta, as it arrives.
 
         Text and tool-call deltas come first; the last delta carries the finish reason, usage
-        and cost. Arguments are those of :meth:`chat`.
+        and cost. Arguments are those of :meth:`chat`. The request is sent on the first
+        ``next()``; the stream gives back its connection and concurrency slot when it ends,
+        fails, is closed (``close()`` or ``with``) or is dropped (see :class:`ChatStream`).
 
         Raises:
+            ConfigurationError: at once, for arguments that cannot be sent.
             StreamInterruptedError: the stream broke after text had been yielded; its
                 ``partial_text`` holds that text.
             LlamaVisionError: any other failure, before anything was yielded.
@@ -551,6 +569,9 @@ class LlamaVisionClient:
         request = self._request(
             messages, tools, tool_choice, params, overrides, extra_headers, stream=True
         )
+        return ChatStream(self._stream(request))
+
+    def _stream(self, request: ChatRequest) -> Generator[StreamDelta, None, None]:
         call = self._trace(request)
         try:
             with call.current():
@@ -559,7 +580,7 @@ class LlamaVisionClient:
             call.fail(exc)
             raise
         opened.call = call  # the span ends with the stream's last chunk
-        return opened.deltas()
+        yield from opened.deltas()  # closing this closes that, which releases everything
 
     def close(self) -> None:
         """Close the HTTP connection pools this client created."""
@@ -608,7 +629,7 @@ class LlamaVisionClient:
         call.end(result, *self._answered_by(result))
         return result
 
-    async def astream(
+    def astream(
         self,
         messages: Messages,
         *,
@@ -617,11 +638,14 @@ class LlamaVisionClient:
         params: GenerationParams | None = None,
         extra_headers: Mapping[str, str] | None = None,
         **overrides: Any,
-    ) -> AsyncIterator[StreamDelta]:
-        """Async form of :meth:`stream`."""
+    ) -> AsyncChatStream:
+        """Async form of :meth:`stream` (see :class:`AsyncChatStream`)."""
         request = self._request(
             messages, tools, tool_choice, params, overrides, extra_headers, stream=True
         )
+        return AsyncChatStream(self._astream(request))
+
+    async def _astream(self, request: ChatRequest) -> AsyncGenerator[StreamDelta, None]:
         call = self._trace(request)
         try:
             messages_for = await self._aimage_resolver(request)
@@ -631,8 +655,12 @@ class LlamaVisionClient:
             call.fail(exc)
             raise
         opened.call = call
-        async for delta in opened.deltas():
-            yield delta
+        deltas = opened.deltas()
+        try:
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()  # at once, not whenever the event loop finalizes it
 
     async def aclose(self) -> None:
         """Close the async HTTP connection pool (and the sync one), if this client created them."""
@@ -861,7 +889,7 @@ class LlamaVisionClient:
                 "check the image%s, or ask again.",
                 ep.provider,
                 self._clean(request_id),
-                ", try image_transport='image'" if ep.provider == "cloudflare" else "",
+                ep.codec.EMPTY_ANSWER_HINT,
             )
 
     # ----------------------------------------------------------------- images
@@ -1306,7 +1334,7 @@ class _OpenStream(_StreamBase):
             return self.on_end()
         return self.on_data(event)
 
-    def deltas(self) -> Iterator[StreamDelta]:
+    def deltas(self) -> Generator[StreamDelta, None, None]:
         pieces = self.pieces
         try:
             while True:
@@ -1352,7 +1380,7 @@ class _AsyncOpenStream(_StreamBase):
             return self.on_end()
         return self.on_data(event)
 
-    async def deltas(self) -> AsyncIterator[StreamDelta]:
+    async def deltas(self) -> AsyncGenerator[StreamDelta, None]:
         pieces = self.pieces
         try:
             while True:

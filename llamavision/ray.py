@@ -44,10 +44,10 @@ from llamavision.captions import (
     error_record,
 )
 from llamavision.captions_file import CaptionsWriter, stored_path
-from llamavision.client import BASE_URL_ENV, GATEWAY_BASE_URL_ENV, LlamaVisionClient
+from llamavision.client import LlamaVisionClient
 from llamavision.errors import ConfigurationError, LlamaVisionError, missing_extra
 from llamavision.messages import Message
-from llamavision.providers import PROVIDERS, workers_ai
+from llamavision.providers import PROVIDERS
 from llamavision.ratelimit import Outcome, RateGovernor, RateStats, Ticket
 
 try:
@@ -254,12 +254,11 @@ def credential_env(providers: Sequence[str]) -> dict[str, SecretStr]:
     id, token and base URL, when set, as ``SecretStr``: :class:`Captioner` sets them in its
     own process. They never go into Ray's ``runtime_env``, which the dashboard shows.
     """
-    names: list[str | None] = [
-        GATEWAY_BASE_URL_ENV, workers_ai.GATEWAY_ENV, workers_ai.GATEWAY_TOKEN_ENV,
-    ]  # fmt: skip
+    names: list[str | None] = []
     for provider in providers:
         codec = PROVIDERS[provider]
-        names += [codec.KEY_ENV, codec.ACCOUNT_ENV, BASE_URL_ENV[provider]]
+        names += [codec.KEY_ENV, codec.ACCOUNT_ENV, codec.BASE_URL_ENV, codec.GATEWAY_ENV]
+        names += [codec.GATEWAY_TOKEN_ENV, codec.GATEWAY_BASE_URL_ENV]
     return {n: SecretStr(os.environ[n]) for n in names if n is not None and os.environ.get(n)}
 
 

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 
 NAME = "aigateway"
 PATH = "/v1/chat/completions"
+
+
+def client_env(url: str, key: str) -> dict[str, str]:
+    """Return the variables that point the client's provider at an emulator at ``url``."""
+    return {openai_compat.KEY_ENV: key, openai_compat.BASE_URL_ENV: f"{url}/v1"}
+
+
 ROLES = {"system", "user", "assistant", "tool"}
 _ids = itertools.count(1)
 _ERROR_TYPES = {

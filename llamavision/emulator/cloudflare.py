@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from llamavision.emulator.app import (
+    DEFAULT_ACCOUNT_ID,
     Answer,
     EmulatorError,
     Received,
@@ -26,6 +27,18 @@ if TYPE_CHECKING:
 
 NAME = "cloudflare"
 ROUTE = re.compile(r"^/client/v4/accounts/([^/]+)/ai/run/(.+)$")
+
+
+def client_env(url: str, key: str) -> dict[str, str]:
+    """Return the variables that point the client's provider at an emulator at ``url``."""
+    return {
+        workers_ai.KEY_ENV: key,
+        workers_ai.ACCOUNT_ENV: DEFAULT_ACCOUNT_ID,
+        workers_ai.BASE_URL_ENV: f"{url}/client/v4/accounts/{{account_id}}/ai/run",
+        workers_ai.GATEWAY_BASE_URL_ENV: f"{url}/v1/{{account_id}}/{{gateway_id}}/workers-ai",
+    }
+
+
 GATEWAY_ROUTE = re.compile(r"^/v1/([^/]+)/([^/]+)/workers-ai/(.+)$")  # Cloudflare AI Gateway
 ROLES = {"system", "user", "assistant", "tool"}
 LICENSE_MESSAGE = (

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -16,7 +17,6 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from llamavision.emulator.app import (
-    DEFAULT_ACCOUNT_ID,
     DEFAULT_AIGATEWAY_KEY,
     DEFAULT_CLOUDFLARE_TOKEN,
     Emulator,
@@ -164,15 +164,14 @@ class EmulatorServer:
 
 def emulator_env(url: str, keys: dict[str, str] | None = None) -> dict[str, str]:
     """Return the environment variables that point clients at an emulator at ``url``."""
-    keys = keys or {"aigateway": DEFAULT_AIGATEWAY_KEY, "cloudflare": DEFAULT_CLOUDFLARE_TOKEN}
-    return {
-        "AIGATEWAY_API_KEY": keys["aigateway"],
-        "AIGATEWAY_BASE_URL": f"{url}/v1",
-        "CLOUDFLARE_API_TOKEN": keys["cloudflare"],
-        "CLOUDFLARE_ACCOUNT_ID": DEFAULT_ACCOUNT_ID,
-        "CLOUDFLARE_BASE_URL": f"{url}/client/v4/accounts/{{account_id}}/ai/run",
-        "CLOUDFLARE_GATEWAY_BASE_URL": f"{url}/v1/{{account_id}}/{{gateway_id}}/workers-ai",
+    from llamavision.emulator import aigateway, cloudflare
+
+    keys = keys or {
+        aigateway.NAME: DEFAULT_AIGATEWAY_KEY,
+        cloudflare.NAME: DEFAULT_CLOUDFLARE_TOKEN,
     }
+    return {**aigateway.client_env(url, keys[aigateway.NAME]),
+            **cloudflare.client_env(url, keys[cloudflare.NAME])}  # fmt: skip
 
 
 class EmulatorProcess:
@@ -307,15 +306,7 @@ def serve(
         )
     with EmulatorServer(emulator, port, host=host) as server:
         print(f"llamavision emulator ready at {server.url}", file=stream)
-        print(
-            "Point clients at it with:\n"
-            f"  export AIGATEWAY_BASE_URL={server.aigateway_base_url} "
-            f"AIGATEWAY_API_KEY={emulator.keys['aigateway']}\n"
-            f"  export CLOUDFLARE_BASE_URL='{server.cloudflare_base_url}' "
-            f"CLOUDFLARE_ACCOUNT_ID={DEFAULT_ACCOUNT_ID} "
-            f"CLOUDFLARE_API_TOKEN={emulator.keys['cloudflare']}",
-            file=stream,
-            flush=True,
-        )
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in server.env().items())
+        print(f"Point clients at it with:\n  export {exports}", file=stream, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             server.wait()

@@ -121,6 +121,30 @@ class Codec(Protocol):
     def GATEWAY_BASE_URL(self) -> str | None:
         """The Cloudflare AI Gateway endpoint for this provider, if it can be routed so."""
 
+    @property
+    def BASE_URL_ENV(self) -> str:
+        """The environment variable that overrides the endpoint."""
+
+    @property
+    def GATEWAY_ENV(self) -> str | None:
+        """The environment variable naming the Cloudflare AI Gateway (gateway providers)."""
+
+    @property
+    def GATEWAY_TOKEN_ENV(self) -> str | None:
+        """The environment variable holding an authenticated gateway's token."""
+
+    @property
+    def GATEWAY_BASE_URL_ENV(self) -> str | None:
+        """The environment variable that overrides the gateway endpoint."""
+
+    @property
+    def JSON_MODE(self) -> bool:
+        """Whether the provider takes ``response_format`` (JSON object and JSON schema)."""
+
+    @property
+    def EMPTY_ANSWER_HINT(self) -> str:
+        """What to add to the warning about an empty answer to an image (may be empty)."""
+
     def build_payload(
         self, request: ChatRequest, *, image_field: bool = False
     ) -> tuple[str, dict[str, Any]]:

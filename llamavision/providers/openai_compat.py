@@ -64,6 +64,10 @@ PRICE = Price(input_per_million=0.049, output_per_million=0.680)
 FETCHES_IMAGE_URLS = True
 REQUEST_ID_HEADER = "x-request-id"
 GATEWAY_BASE_URL = None  # Cloudflare AI Gateway fronts the cloudflare provider here
+BASE_URL_ENV = "AIGATEWAY_BASE_URL"
+GATEWAY_ENV = GATEWAY_TOKEN_ENV = GATEWAY_BASE_URL_ENV = None
+JSON_MODE = True  # response_format json_object and json_schema
+EMPTY_ANSWER_HINT = ""
 PATH = "/chat/completions"
 _SAMPLING = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 _FINISH: dict[str, FinishReason] = {

@@ -78,6 +78,10 @@ REQUEST_ID_HEADER = "cf-ray"
 GATEWAY_BASE_URL = "https://gateway.ai.cloudflare.com/v1/{account_id}/{gateway_id}/workers-ai"
 GATEWAY_ENV = "CLOUDFLARE_GATEWAY_ID"  # the names pydantic-ai's Cloudflare provider reads too
 GATEWAY_TOKEN_ENV = "CLOUDFLARE_AI_GATEWAY_AUTH"
+GATEWAY_BASE_URL_ENV = "CLOUDFLARE_GATEWAY_BASE_URL"  # the gateway route of another host
+BASE_URL_ENV = "CLOUDFLARE_BASE_URL"
+JSON_MODE = False  # no response_format: structured output goes through a tool call
+EMPTY_ANSWER_HINT = ", try image_transport='image'"  # silent empties seen with image_url parts
 LICENSE_ERROR_CODE = 5016
 AGREE_PAYLOAD = {"prompt": "agree"}
 _AUTH_CODES = frozenset({10000, 10001, 9106, 9109})

@@ -401,3 +401,17 @@ def test_batch_callers_share_one_429_pause(emulator: Emulator, mode: str) -> Non
         replies = asyncio.run(llm.abatch(questions, config=config))
     assert [r.text for r in replies] and len(replies) == 4
     assert emulator.counters["requests"] == 5  # one 429, then nobody sent into the window
+
+
+@pytest.mark.parametrize("provider", ["aigateway", "cloudflare"])
+def test_streamed_and_invoked_messages_carry_the_providers_request_id(
+    emulator: Emulator, provider: str
+) -> None:
+    llm = ChatLlamaVision(provider=provider, accept_license=True)
+    invoked = llm.invoke("hi")
+    merged = None
+    for chunk in llm.stream("hi"):
+        merged = chunk if merged is None else merged + chunk
+    assert merged is not None and invoked.id and merged.id
+    assert not merged.id.startswith("lc_") and not invoked.id.startswith("lc_")
+    assert merged.id != invoked.id  # two requests, two ids: the provider's, both

@@ -446,3 +446,30 @@ def test_concurrent_calls_share_one_429_pause(emulator: Emulator) -> None:
 
     assert len(asyncio.run(run())) == 4
     assert emulator.counters["requests"] == 5
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+@pytest.mark.parametrize("provider", ["aigateway", "cloudflare"])
+def test_token_counting_reads_the_real_usage_streamed_or_not(
+    emulator: Emulator, provider: str
+) -> None:
+    from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
+
+    counter = TokenCountingHandler(tokenizer=lambda text: text.split())
+    llm = LlamaVision(
+        provider=provider, accept_license=True, callback_manager=CallbackManager([counter])
+    )
+    message = [ChatMessage(role="user", content="Tell me about the sea, in a few words.")]
+    answer = llm.chat(message)
+    *_, last = llm.stream_chat(message)
+    usage = answer.additional_kwargs, last.additional_kwargs
+    assert all(u["prompt_tokens"] > 0 and u["completion_tokens"] > 0 for u in usage)
+    (chat, stream) = counter.llm_token_counts
+    assert (chat.prompt_token_count, chat.completion_token_count) == (
+        usage[0]["prompt_tokens"], usage[0]["completion_tokens"],
+    )  # fmt: skip
+    assert (stream.prompt_token_count, stream.completion_token_count) == (
+        usage[1]["prompt_tokens"], usage[1]["completion_tokens"],
+    )  # fmt: skip
