@@ -147,10 +147,10 @@ def make_endpoint(
             provider=provider,
         )
     headers = check_headers(default_headers)
+    if codec.GATEWAY_BASE_URL is None:
+        gateway = None  # a gateway fronts only the providers that can be routed through it
     if gateway is not None:
-        check_header_values(
-            codec.gateway_headers(gateway)
-        )  # also refuses a provider it does not front
+        check_header_values(codec.gateway_headers(gateway))  # e.g. a cache key with a newline
         url = (
             base_url
             or os.environ.get(str(codec.GATEWAY_BASE_URL_ENV))
@@ -201,7 +201,7 @@ def _gateway(
                 f"gateway_id (or {id_env}) too."
             )
         return None
-    if not any(PROVIDERS[name].GATEWAY_BASE_URL for name in providers):
+    if not any(getattr(PROVIDERS.get(name), "GATEWAY_BASE_URL", None) for name in providers):
         if explicit:
             raise ConfigurationError(
                 "gateway_id routes provider='cloudflare' through Cloudflare AI Gateway (the "
@@ -418,7 +418,7 @@ class LlamaVisionClient:
                 price=prices.get(name),
                 governor=(governor if i == 0 else None) or make_governor(),
                 default_headers=default_headers,
-                gateway=gateway if PROVIDERS[name].GATEWAY_BASE_URL else None,
+                gateway=gateway,
             )
             for i, name in enumerate(names)
         )

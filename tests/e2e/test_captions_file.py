@@ -253,15 +253,16 @@ import ray
 from ray.util.state import list_actors, list_jobs, list_tasks
 from llamavision.ray import caption_dataset
 
-ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+context = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+here = context.address_info["address"]  # this Ray, whatever else runs on the machine
 try:
     images = ray.data.read_binary_files(sys.argv[1], include_paths=True)
     rows = caption_dataset(images, actors=1, concurrency=2).take_all()
     assert len(rows) == 3 and all(r["error"] is None for r in rows), rows
     shown = {
-        "actors": [a.__dict__ if hasattr(a, "__dict__") else a for a in list_actors(detail=True)],
-        "tasks": [t.__dict__ if hasattr(t, "__dict__") else t for t in list_tasks(detail=True)],
-        "jobs": [j.__dict__ if hasattr(j, "__dict__") else j for j in list_jobs()],
+        "actors": [vars(a) for a in list_actors(address=here, detail=True)],
+        "tasks": [vars(t) for t in list_tasks(address=here, detail=True)],
+        "jobs": [vars(j) for j in list_jobs(address=here)],
     }
     print(json.dumps(shown, default=str))
 finally:
