@@ -259,10 +259,11 @@ try:
     images = ray.data.read_binary_files(sys.argv[1], include_paths=True)
     rows = caption_dataset(images, actors=1, concurrency=2).take_all()
     assert len(rows) == 3 and all(r["error"] is None for r in rows), rows
+    plain = lambda rows: [vars(r) if hasattr(r, "__dict__") else r for r in rows]  # dicts on 2.51
     shown = {
-        "actors": [vars(a) for a in list_actors(address=here, detail=True)],
-        "tasks": [vars(t) for t in list_tasks(address=here, detail=True)],
-        "jobs": [vars(j) for j in list_jobs(address=here)],
+        "actors": plain(list_actors(address=here, detail=True)),
+        "tasks": plain(list_tasks(address=here, detail=True)),
+        "jobs": plain(list_jobs(address=here)),
     }
     print(json.dumps(shown, default=str))
 finally:
