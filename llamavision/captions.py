@@ -115,14 +115,14 @@ def find_images(
         base = path
         files = (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     else:
-        base = Path(*[part for part in _fixed_parts(str(pattern))] or ["."])
+        base = Path(*(_fixed_parts(str(pattern)) or ["."]))
         files = (Path(p) for p in glob.glob(str(pattern), recursive=True))
     root = base.resolve()
     found = []
     for file in sorted(p for p in files if p.is_file()):
         if file.is_symlink() and not follow_symlinks and not file.resolve().is_relative_to(root):
             if on_skip is not None:
-                on_skip(file, f"a symbolic link out of {base} (pass follow_symlinks to include it)")
+                on_skip(file, f"a symbolic link out of {base}")
             continue
         found.append(file)
     return found

@@ -152,7 +152,7 @@ def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         on_skip=lambda path, why: skipped.append(f"  skipped: {printable(str(path))}: {why}"),
     )
     for line in skipped:
-        print(line.replace("follow_symlinks", "--follow-symlinks"), file=err)
+        print(f"{line} (--follow-symlinks to include it)", file=err)
     if not images:
         print(f"llamavision: no images found in {printable(args.images)}", file=err)
         return 2
