@@ -248,22 +248,38 @@ def _keep_cwd() -> object:
 # ----------------------------------------------------------------------- Ray keeps no secret
 
 RAY_JOB = """
-import json, sys
+import json, sys, time
 import ray
 from ray.util.state import list_actors, list_jobs, list_tasks
 from llamavision.ray import caption_dataset
 
-context = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+# Ray 2.51 gives its dashboard a fixed 20 s to start and, asked to include it, raises after
+# that; a loaded 2-core machine can take longer. Left to its default, Ray goes on without
+# waiting, and the state API is asked once the dashboard answers.
+context = ray.init(num_cpus=2, log_to_driver=False)
 here = context.address_info["address"]  # this Ray, whatever else runs on the machine
+
+
+def listed(call, **kwargs):
+    backoff = 0.2
+    while True:  # until the dashboard is up (the test's own timeout bounds it)
+        try:
+            rows = call(address=here, **kwargs)
+        except Exception:
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            continue
+        return [vars(r) if hasattr(r, "__dict__") else r for r in rows]  # dicts on 2.51
+
+
 try:
     images = ray.data.read_binary_files(sys.argv[1], include_paths=True)
     rows = caption_dataset(images, actors=1, concurrency=2).take_all()
     assert len(rows) == 3 and all(r["error"] is None for r in rows), rows
-    plain = lambda rows: [vars(r) if hasattr(r, "__dict__") else r for r in rows]  # dicts on 2.51
     shown = {
-        "actors": plain(list_actors(address=here, detail=True)),
-        "tasks": plain(list_tasks(address=here, detail=True)),
-        "jobs": plain(list_jobs(address=here)),
+        "actors": listed(list_actors, detail=True),
+        "tasks": listed(list_tasks, detail=True),
+        "jobs": listed(list_jobs),
     }
     print(json.dumps(shown, default=str))
 finally:
@@ -294,7 +310,9 @@ def test_credentials_stay_out_of_what_ray_displays(
         timeout=600,
         check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, "\n".join(
+        line for line in done.stderr.splitlines() if " INFO " not in line
+    )[-4000:]
     shown = done.stdout.strip().splitlines()[-1]
     assert "Captioner" in shown or "MapWorker" in shown  # the job's actors are listed
     assert key not in shown and key not in done.stderr
