@@ -27,7 +27,7 @@ from llama_index.core.multi_modal_llms import MultiModalLLM, MultiModalLLMMetada
 from llama_index.core.schema import ImageNode
 from typing_extensions import Self
 
-from llamaindex_llamavision.base import LlamaVision
+from llamaindex_llamavision.base import LlamaVision, WithoutSecrets
 from llamavision.settings import LlamaVisionSettings
 
 
@@ -44,7 +44,7 @@ def image_block(document: ImageNode | ImageBlock) -> ImageBlock:
     raise ValueError(f"Image document {document.node_id} has no image, image_path or image_url.")
 
 
-class LlamaVisionMultiModal(LlamaVisionSettings, MultiModalLLM):
+class LlamaVisionMultiModal(WithoutSecrets, LlamaVisionSettings, MultiModalLLM):
     """Llama 3.2 11B Vision as a LlamaIndex ``MultiModalLLM`` (``image_documents`` style).
 
     Use it where LlamaIndex asks for a multi-modal LLM, e.g.
@@ -66,31 +66,21 @@ class LlamaVisionMultiModal(LlamaVisionSettings, MultiModalLLM):
     model: str | None = Field(default=None, description="Model id (provider default if None).")
     additional_kwargs: dict[str, Any] = Field(default_factory=dict)
     rate_limiter: Any = Field(
-        default=None, exclude=True, description="A llama_index BaseRateLimiter, as on BaseLLM."
+        default=None,
+        exclude=True,
+        description=(
+            "A llama_index BaseRateLimiter, as on BaseLLM: LlamaIndex's completion and chat "
+            "decorators acquire it before each call."
+        ),
     )
 
     _llm: LlamaVision = PrivateAttr()
 
     @model_validator(mode="after")
     def _build_llm(self) -> Self:
-        settings = self.model_dump(
-            exclude={
-                "callback_manager",
-                "api_key",
-                "gateway_token",
-                "tracer_provider",
-                "http_client",
-                "http_async_client",
-                "rate_limiter",
-            }
-        )
+        settings = {name: getattr(self, name) for name in LlamaVisionSettings.model_fields}
         self._llm = LlamaVision(
-            **settings,
-            api_key=self.api_key,
-            gateway_token=self.gateway_token,
-            tracer_provider=self.tracer_provider,
-            http_client=self.http_client,
-            http_async_client=self.http_async_client,
+            **settings, model=self.model, additional_kwargs=self.additional_kwargs
         )
         self.api_key = self._llm.api_key
         self.model = self._llm.model

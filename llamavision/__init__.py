@@ -7,8 +7,7 @@ format and an httpx client. LangChain and LlamaIndex integrations live in
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from llamavision._version import __version__
 from llamavision.client import LlamaVisionClient
 from llamavision.errors import (
     APIConnectionError,

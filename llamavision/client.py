@@ -1,280 +1,75 @@
-"""``LlamaVisionClient``: one httpx client per instance, retries, failover, streaming.
+"""``LlamaVisionClient``: the public methods, the retry loops and the lifecycle.
 
-Sync and async share everything but the I/O: the codecs, the retry policy, image preparation
-and the decoration of results. Streams are never buffered: each delta is yielded as it arrives,
-and once one has reached the caller nothing is retried.
+One room per concern, each its own module: :mod:`llamavision.endpoint` (where a request goes,
+credentials, header checks, redaction), :mod:`llamavision.preparation` (images),
+:mod:`llamavision.retry` (what follows a failure, decided without I/O),
+:mod:`llamavision.streams` (stream readers and owners) and the provider codecs (the wire).
+The client wires them together: sync and async share every decision and differ only in I/O.
+Streams are never buffered: each delta is yielded as it arrives, and once one has reached the
+caller nothing is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
+import inspect
 import logging
-import os
-import random
-import re
+import sys
 import threading
 import time
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterator,
-    Mapping,
-    Sequence,
-)
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import warnings
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import SecretStr
 
-from llamavision import __version__, downloads, tracing
+from llamavision import tracing
+from llamavision.endpoint import (
+    Endpoint,
+    Redactor,
+    asend,
+    check_headers,
+    gateway_from,
+    make_endpoint,
+    send,
+    unlink,
+    warn_if_empty,
+)
 from llamavision.errors import (
-    APIConnectionError,
     ConfigurationError,
-    ImageError,
     LicenseAgreementRequiredError,
     LlamaVisionError,
     MalformedResponseError,
-    StreamInterruptedError,
+    UnsupportedParameterWarning,
+    unknown_parameter,
 )
-from llamavision.images import (
-    ImageOptions,
-    RemoteImage,
-    ResolvedImage,
-    compose_grid,
-    load_image_bytes,
-    resolve_image,
-)
+from llamavision.images import ImageOptions
+from llamavision.loops import LoopBoundClient
 from llamavision.messages import (
     ChatRequest,
     ChatResult,
     GenerationParams,
-    Image,
     Message,
-    Part,
     Price,
     StreamDelta,
     Tool,
     ToolChoice,
 )
-from llamavision.providers import PROVIDERS, Codec
-from llamavision.providers.codec import CloudflareGateway
-from llamavision.ratelimit import Governor, RateGovernor, RateStats, Releasable, is_throttle
-from llamavision.streams import AsyncChatStream, ChatStream
+from llamavision.preparation import ImagePreparer, MultiImage
+from llamavision.ratelimit import Governor, RateGovernor, RateStats, Releasable
+from llamavision.retry import RetryPolicy, Step
+from llamavision.streams import AsyncChatStream, AsyncStreamReader, ChatStream, StreamReader
 
 logger = logging.getLogger("llamavision")
 T = TypeVar("T")
 E = TypeVar("E", bound=LlamaVisionError)
-MultiImage = Literal["error", "latest", "grid"]
 Messages = str | Message | Sequence[Message]
-SECRET_WINDOW = 12
-"""Redaction also removes any run of this many characters of a credential (a partial echo)."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One configured provider: where to send, with which credential and model."""
-
-    provider: str
-    codec: Codec
-    base_url: str
-    model: str
-    api_key: SecretStr = dataclasses.field(repr=False)
-    price: Price
-    governor: Governor = dataclasses.field(default_factory=RateGovernor, compare=False)
-    extra_headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
-    gateway: CloudflareGateway | None = None
-
-    def headers(
-        self, call: Mapping[str, str] | None = None, *, cache: bool = True
-    ) -> dict[str, str]:
-        """Return the request headers: ours, the configured ones, this call's, the credential.
-
-        ``cache=False`` keeps an internal request out of a gateway's cache.
-        """
-        gateway = self.codec.gateway_headers(self.gateway, cache=cache) if self.gateway else {}
-        return {
-            "User-Agent": f"llamavision/{__version__}",
-            **self.extra_headers,
-            **gateway,
-            **(call or {}),
-            "Authorization": f"Bearer {self.api_key.get_secret_value()}",
-        }
-
-    def secrets(self) -> list[str]:
-        """Return the credentials this endpoint sends, to keep them out of errors and logs."""
-        token = self.gateway.token if self.gateway else None
-        return [s.get_secret_value() for s in (self.api_key, token) if s is not None]
-
-
-def make_endpoint(
-    provider: str,
-    *,
-    api_key: str | SecretStr | None = None,
-    account_id: str | None = None,
-    base_url: str | None = None,
-    model: str | None = None,
-    price: Price | None = None,
-    governor: Governor | None = None,
-    default_headers: Mapping[str, str] | None = None,
-    gateway: CloudflareGateway | None = None,
-) -> Endpoint:
-    """Configure one provider from arguments, falling back to the environment.
-
-    Raises:
-        ConfigurationError: the provider is unknown, a credential is missing, or a header
-            would replace the credential.
-
-    """
-    codec = PROVIDERS.get(provider)
-    if codec is None:
-        raise ConfigurationError(
-            f"Unknown provider {provider!r}: use one of {', '.join(map(repr, PROVIDERS))}."
-        )
-    key = api_key if api_key is not None else os.environ.get(codec.KEY_ENV)
-    key = None if key is None else credential(key, f"{provider} credential ({codec.KEY_ENV})")
-    if key is None or not key.get_secret_value():
-        raise ConfigurationError(
-            f"No credential for {provider}: set the {codec.KEY_ENV} environment variable or "
-            "pass api_key=...",
-            provider=provider,
-        )
-    headers = check_headers(default_headers)
-    if codec.GATEWAY_BASE_URL is None:
-        gateway = None  # a gateway fronts only the providers that can be routed through it
-    if gateway is not None:
-        check_header_values(codec.gateway_headers(gateway))  # e.g. a cache key with a newline
-        url = (
-            base_url
-            or os.environ.get(str(codec.GATEWAY_BASE_URL_ENV))
-            or str(codec.GATEWAY_BASE_URL)
-        )
-        url = url.replace("{gateway_id}", gateway.gateway_id)
-    else:
-        url = base_url or os.environ.get(codec.BASE_URL_ENV) or codec.DEFAULT_BASE_URL
-    if "{account_id}" in url and codec.ACCOUNT_ENV:
-        account = account_id or os.environ.get(codec.ACCOUNT_ENV)
-        if not account:
-            raise ConfigurationError(
-                f"No account id for {provider}: set the {codec.ACCOUNT_ENV} environment "
-                "variable or pass account_id=...",
-                provider=provider,
-            )
-        url = url.replace("{account_id}", account)
-    return Endpoint(
-        provider=provider,
-        codec=codec,
-        base_url=url.rstrip("/"),
-        model=model or codec.DEFAULT_MODEL,
-        api_key=key,
-        price=price or codec.PRICE,
-        governor=governor or RateGovernor(),
-        extra_headers=headers,
-        gateway=gateway,
-    )
-
-
-def _gateway(
-    providers: Sequence[str],
-    gateway_id: str | None,
-    token: str | SecretStr | None,
-    **options: Any,
-) -> CloudflareGateway | None:
-    """Return the Cloudflare AI Gateway the settings and the environment ask for, if any."""
-    # the codec that can be routed through a gateway names the gateway's variables
-    names = next(codec for codec in PROVIDERS.values() if codec.GATEWAY_ENV)
-    id_env, token_env = str(names.GATEWAY_ENV), str(names.GATEWAY_TOKEN_ENV)
-    explicit = gateway_id is not None
-    gateway_id = gateway_id or os.environ.get(id_env) or None
-    if gateway_id is None:
-        given = [k for k, v in options.items() if v not in (None, False)]
-        if given or token is not None:
-            raise ConfigurationError(
-                f"gateway_{(given or ['token'])[0]} configures Cloudflare AI Gateway: set "
-                f"gateway_id (or {id_env}) too."
-            )
-        return None
-    if not any(getattr(PROVIDERS.get(name), "GATEWAY_BASE_URL", None) for name in providers):
-        if explicit:
-            raise ConfigurationError(
-                "gateway_id routes provider='cloudflare' through Cloudflare AI Gateway (the "
-                "Cloudflare product); the AI Gateway provider needs no gateway_id."
-            )
-        return None
-    token = token if token is not None else os.environ.get(token_env)
-    secret = None if token is None else credential(token, "Cloudflare AI Gateway token")
-    return CloudflareGateway(gateway_id, secret or None, **options)
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
-_SENDABLE = re.compile(r"[\x20-\x7e]*")  # what a header value may hold: visible ASCII and space
-
-
-def credential(value: str | SecretStr, what: str) -> SecretStr:
-    """Return a credential without surrounding whitespace, refusing one that cannot be sent.
-
-    Keys read from a CRLF ``.env`` file or a secret file often end in a carriage return or a
-    newline: surrounding whitespace is stripped. A control or non-ASCII character inside is
-    refused, without showing it.
-
-    Raises:
-        ConfigurationError: the credential holds a character no HTTP header can carry.
-
-    """
-    text = (value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
-    if not _SENDABLE.fullmatch(text):
-        raise ConfigurationError(
-            f"The {what} holds a control or non-ASCII character (not shown here), so it cannot "
-            "be sent in an HTTP header: check the variable or file it comes from."
-        )
-    return SecretStr(text)
-
-
-def check_header_values(headers: Mapping[str, str]) -> dict[str, str]:
-    """Return headers whose names and values can be sent, without surrounding whitespace.
-
-    Raises:
-        ConfigurationError: a name is not an HTTP token, or a value holds a control or
-            non-ASCII character (the value is not shown: it may be a secret).
-
-    """
-    out = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-            raise ConfigurationError(f"{name!r} is not a valid HTTP header name.")
-        text = value.strip() if isinstance(value, str) else None
-        if text is None or not _SENDABLE.fullmatch(text):
-            raise ConfigurationError(
-                f"The value of the header {name!r} holds a control or non-ASCII character "
-                "(not shown here), so it cannot be sent: headers carry visible ASCII only."
-            )
-        out[name] = text
-    return out
-
-
-def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Return user headers as a dict, refusing any that would replace a credential.
-
-    Raises:
-        ConfigurationError: a header is a credential header, or cannot be sent (see
-            :func:`check_header_values`).
-
-    """
-    out = check_header_values(headers or {})
-    for name in out:
-        if name.lower() in ("authorization", "cf-aig-authorization"):
-            raise ConfigurationError(
-                f"The header {name!r} would replace a credential: pass the key as api_key "
-                "(or the Cloudflare AI Gateway token as gateway_token) instead."
-            )
-    return out
+_INTERNAL = ("llamavision", "langchain_llamavision", "llamaindex_llamavision", "langchain_core",
+             "langchain", "langgraph", "llama_index", "asyncio", "concurrent", "threading",
+             "contextvars", "functools")  # fmt: skip
 
 
 class LlamaVisionClient:
@@ -374,18 +169,23 @@ class LlamaVisionClient:
         trace_content: bool = False,
         http_client: httpx.Client | None = None,
         http_async_client: httpx.AsyncClient | None = None,
+        **unknown: Any,
     ) -> None:
-        if multi_image not in ("error", "latest", "grid"):
-            raise ConfigurationError(
-                f"multi_image must be 'error', 'latest' or 'grid', not {multi_image!r}."
+        for name in unknown:  # a typo is an error that names the closest parameter
+            known = inspect.signature(LlamaVisionClient).parameters
+            raise unknown_parameter(
+                name, known, "LlamaVisionClient", "Generation parameters go to chat(...)."
             )
+        self.image_field = image_transport == "image"
         if image_transport not in ("image_url", "image"):
             raise ConfigurationError(
                 f"image_transport must be 'image_url' or 'image', not {image_transport!r}."
             )
-        self.image_field = image_transport == "image"
+        self.images = ImagePreparer(image_options, multi_image)
+        self.retry = RetryPolicy(max_retries, retry_backoff, max_retry_wait, accept_license)
         self.tracer_provider = tracer_provider
         self.trace_content = trace_content
+        self.timeout = timeout
         prices = prices or {}
 
         def make_governor() -> RateGovernor:
@@ -399,7 +199,7 @@ class LlamaVisionClient:
                 raise ConfigurationError(str(exc)) from None
 
         names = [provider, *fallback_providers]
-        gateway = _gateway(
+        gateway = gateway_from(
             names,
             gateway_id,
             gateway_token,
@@ -422,21 +222,12 @@ class LlamaVisionClient:
             )
             for i, name in enumerate(names)
         )
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.retry_backoff = retry_backoff
-        self.max_retry_wait = max_retry_wait
-        self.accept_license = accept_license
-        self.multi_image: MultiImage = multi_image
-        self.image_options = image_options or ImageOptions()
+        self.redactor = Redactor(self.endpoints)
         self._http = http_client
-        self._ahttp = http_async_client
         self._owns_http = http_client is None
-        self._owns_ahttp = http_async_client is None
-        self._aloop: asyncio.AbstractEventLoop | None = None
-        self._dl: httpx.Client | None = None  # image downloads: no credentials, checked
-        self._adl: httpx.AsyncClient | None = None
-        self._adl_loop: asyncio.AbstractEventLoop | None = None
+        self._ahttp = LoopBoundClient(
+            lambda: httpx.AsyncClient(timeout=self.timeout), given=http_async_client
+        )
         self._agreed: set[str] = set()
         self._lock = threading.Lock()
 
@@ -450,45 +241,14 @@ class LlamaVisionClient:
         """The primary provider's model id."""
         return self.endpoints[0].model
 
+    @property
+    def image_options(self) -> ImageOptions:
+        """How this client validates, downscales, encodes and downloads images."""
+        return self.images.options
+
     def redact(self, error: E) -> E:
-        """Remove this client's secrets from an error (a server may echo the key back).
-
-        Every error the client raises passes through here: its message, arguments, code and
-        request id never carry a configured credential, whole, escaped or in part (any
-        :data:`SECRET_WINDOW` characters of it), and a cause or context that shows one is
-        dropped from the chain (tracebacks print those too).
-        """
-        clean = self._clean
-        error.message = clean(error.message)
-        error.args = tuple(clean(a) for a in error.args)
-        error.code = clean(error.code)
-        error.request_id = clean(error.request_id)
-        if error.__cause__ is not None and self._safe_cause(error.__cause__) is None:
-            error.__cause__, error.__suppress_context__ = None, True
-        if error.__context__ is not None and self._safe_cause(error.__context__) is None:
-            error.__context__ = None
-        return error
-
-    def _safe_cause(self, exc: BaseException) -> BaseException | None:
-        """Return ``exc`` to chain as a cause, or ``None`` if its chain shows a secret."""
-        seen: BaseException | None = exc
-        while seen is not None:
-            text = f"{seen} {seen.args!r}"
-            if self._clean(text) != text:
-                return None
-            seen = seen.__cause__ or seen.__context__
-        return exc
-
-    def _clean(self, value: T) -> T:
-        """Return ``value`` with this client's secrets replaced, if it is text."""
-        if isinstance(value, str):
-            secrets = {secret for ep in self.endpoints for secret in ep.secrets()}
-            secrets |= {s.encode("unicode_escape").decode("ascii") for s in secrets}
-            for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
-                value = value.replace(secret, "[redacted]")  # type: ignore[assignment]
-                for i in range(len(secret) - SECRET_WINDOW + 1):
-                    value = value.replace(secret[i : i + SECRET_WINDOW], "[redacted]")  # type: ignore[assignment]
-        return value
+        """Remove this client's secrets from ``error`` (see :class:`.endpoint.Redactor`)."""
+        return self.redactor.redact(error)
 
     @property
     def rate_stats(self) -> RateStats:
@@ -535,7 +295,7 @@ class LlamaVisionClient:
         call = self._trace(request)
         try:
             with call.current():
-                result = self._retrying(self._image_resolver(request), self._chat_once, call)
+                result = self._retrying(self.images.resolver(request), self._chat_once, call)
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -575,7 +335,7 @@ class LlamaVisionClient:
         call = self._trace(request)
         try:
             with call.current():
-                opened = self._retrying(self._image_resolver(request), self._open_stream, call)
+                opened = self._retrying(self.images.resolver(request), self._open_stream, call)
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -587,9 +347,7 @@ class LlamaVisionClient:
         if self._http is not None and self._owns_http:
             self._http.close()
             self._http = None
-        if self._dl is not None:
-            self._dl.close()
-            self._dl = None
+        self.images.close()
 
     def __enter__(self) -> LlamaVisionClient:
         return self
@@ -620,7 +378,7 @@ class LlamaVisionClient:
         )
         call = self._trace(request)
         try:
-            messages_for = await self._aimage_resolver(request)
+            messages_for = await self.images.aresolver(request)
             with call.current():
                 result = await self._aretrying(messages_for, self._achat_once, call)
         except BaseException as exc:
@@ -648,7 +406,7 @@ class LlamaVisionClient:
     async def _astream(self, request: ChatRequest) -> AsyncGenerator[StreamDelta, None]:
         call = self._trace(request)
         try:
-            messages_for = await self._aimage_resolver(request)
+            messages_for = await self.images.aresolver(request)
             with call.current():
                 opened = await self._aretrying(messages_for, self._aopen_stream, call)
         except BaseException as exc:
@@ -664,12 +422,8 @@ class LlamaVisionClient:
 
     async def aclose(self) -> None:
         """Close the async HTTP connection pool (and the sync one), if this client created them."""
-        if self._ahttp is not None and self._owns_ahttp:
-            await self._ahttp.aclose()
-            self._ahttp = None
-        if self._adl is not None:
-            await self._adl.aclose()
-            self._adl = None
+        await self._ahttp.aclose()
+        await self.images.aclose()
         self.close()
 
     async def __aenter__(self) -> LlamaVisionClient:
@@ -692,14 +446,8 @@ class LlamaVisionClient:
                     self._http = httpx.Client(timeout=self.timeout)
         return self._http
 
-    def _aclient(self) -> httpx.AsyncClient:
-        # An AsyncClient's connections belong to one event loop; when we own the client and
-        # the loop changed (a new asyncio.run, a notebook cell), start a fresh pool.
-        loop = asyncio.get_running_loop()
-        if self._ahttp is None or (self._owns_ahttp and self._aloop is not loop):
-            self._ahttp = httpx.AsyncClient(timeout=self.timeout)
-            self._aloop = loop
-        return self._ahttp
+    async def _aclient(self) -> httpx.AsyncClient:
+        return await self._ahttp.get()  # a pool per event loop, closed with its loop
 
     def _request(
         self,
@@ -718,14 +466,17 @@ class LlamaVisionClient:
             messages = (messages,)
         params = params or GenerationParams()
         if overrides:
-            try:
-                params = dataclasses.replace(params, **overrides)
-            except TypeError as exc:
-                fields = ", ".join(f.name for f in dataclasses.fields(GenerationParams))
-                raise ConfigurationError(
-                    f"Unknown generation parameter ({exc}). Known: {fields}; put anything "
-                    "else in extra={...}."
-                ) from None
+            fields = [f.name for f in dataclasses.fields(GenerationParams)]
+            for name in overrides:
+                if name not in fields:
+                    raise unknown_parameter(
+                        name,
+                        fields,
+                        "chat",
+                        "Provider-specific body fields go in extra={...}.",
+                    )
+            params = dataclasses.replace(params, **overrides)
+        self._warn_unsupported(params)
         return ChatRequest(
             messages=tuple(messages),
             model=self.model,
@@ -736,21 +487,20 @@ class LlamaVisionClient:
             headers=check_headers(extra_headers),
         )
 
-    def _retry_delay(self, error: LlamaVisionError, attempt: int) -> float | None:
-        """Seconds to wait before retrying the same provider, or ``None`` to stop retrying it.
-
-        A rate-limit answer's ``Retry-After`` is waited out by the provider's governor, for
-        every caller at once, so this caller adds no delay of its own.
-        """
-        if not error.retryable or attempt >= self.max_retries:
-            return None
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            if retry_after > self.max_retry_wait:
-                return None
-            return 0.0 if is_throttle(error) else retry_after
-        backoff = self.retry_backoff * 2**attempt
-        return float(backoff * (0.5 + random.random()))
+    def _warn_unsupported(self, params: GenerationParams) -> None:
+        """Warn once per call, at the caller's line, about parameters a provider drops."""
+        dropped = []
+        for ep in self.endpoints:
+            names = [n for n in ep.codec.UNSUPPORTED_PARAMS if getattr(params, n) not in (None, ())]
+            if names:
+                verb = "it was" if len(names) == 1 else "they were"
+                dropped.append(
+                    f"{ep.provider} does not support {', '.join(names)}; {verb} not sent"
+                )
+        if dropped:
+            warnings.warn(
+                "; ".join(dropped) + ".", UnsupportedParameterWarning, stacklevel=_caller_level()
+            )
 
     def _next_step(
         self,
@@ -758,32 +508,30 @@ class LlamaVisionClient:
         error: LlamaVisionError,
         attempt: int,
         is_last: bool,
-        call: tracing.Call = tracing.NOT_TRACED,
-    ) -> float | None:
-        """Decide after a failure: a delay to retry ``ep``, ``None`` to move on, or raise."""
-        if isinstance(error, LicenseAgreementRequiredError):
-            if not self.accept_license or ep.provider in self._agreed:
-                raise self.redact(error)
-            return -1.0  # accept the license, then retry at once
-        delay = self._retry_delay(error, attempt)
-        if delay is None and (not error.retryable or is_last):
-            raise self.redact(error)
+        call: tracing.Call,
+    ) -> Step:
+        """Ask the retry policy what follows ``error``; raise it, or log and trace the step."""
+        step = self.retry.step(
+            error, attempt, last_provider=is_last, license_accepted=ep.provider in self._agreed
+        )
         kind = type(error).__name__
-        if delay is not None:
+        if step.action == "raise":
+            raise self.redact(error)
+        if step.action == "retry":
             logger.info(
                 "%s failed (%s); retry %d/%d %s",
                 ep.provider,
                 kind,
                 attempt + 1,
-                self.max_retries,
-                f"in {delay:.2f}s" if delay else "after the shared pause",
+                self.retry.max_retries,
+                f"in {step.delay:.2f}s" if step.delay else "after the shared pause",
             )
-            call.event("retry", provider=ep.provider, attempt=attempt + 1, delay=max(delay, 0.0),
+            call.event("retry", provider=ep.provider, attempt=attempt + 1, delay=step.delay,
                        **{"error.type": kind})  # fmt: skip
-        else:
+        elif step.action == "failover":
             logger.info("%s failed (%s); failing over", ep.provider, kind)
             call.event("failover", provider=ep.provider, **{"error.type": kind})
-        return delay
+        return step
 
     def _retrying(
         self,
@@ -807,17 +555,17 @@ class LlamaVisionClient:
                     return once(ep, prepared, ticket)
                 except LlamaVisionError as error:
                     ticket.release(error)
-                    delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1, call)
+                    step = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1, call)
                 except BaseException as exc:
                     ticket.release(exc)
                     raise
-                if delay is None:
+                if step.action == "failover":
                     break
-                if delay < 0:
+                if step.action == "accept_license":
                     self._agree(ep)
                     continue
-                if delay:
-                    time.sleep(delay)
+                if step.delay:
+                    time.sleep(step.delay)
                 attempt += 1
         raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
 
@@ -837,33 +585,19 @@ class LlamaVisionClient:
                     return await once(ep, prepared, ticket)
                 except LlamaVisionError as error:
                     ticket.release(error)
-                    delay = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1, call)
+                    step = self._next_step(ep, error, attempt, i == len(self.endpoints) - 1, call)
                 except BaseException as exc:
                     ticket.release(exc)
                     raise
-                if delay is None:
+                if step.action == "failover":
                     break
-                if delay < 0:
+                if step.action == "accept_license":
                     await self._aagree(ep)
                     continue
-                if delay:
-                    await asyncio.sleep(delay)
+                if step.delay:
+                    await asyncio.sleep(step.delay)
                 attempt += 1
         raise AssertionError("unreachable: the last endpoint raises")  # pragma: no cover
-
-    def _finish(
-        self,
-        ep: Endpoint,
-        result: ChatResult | StreamDelta,
-        headers: httpx.Headers,
-    ) -> None:
-        result.provider = ep.provider
-        result.model = result.model or ep.model
-        result.request_id = headers.get(ep.codec.REQUEST_ID_HEADER) or result.request_id
-        result.metadata = ep.codec.response_metadata(headers)
-        if result.usage is not None:
-            free = ep.codec.served_from_cache(headers)
-            result.cost = 0.0 if free else ep.price.cost(result.usage)
 
     def _trace(self, request: ChatRequest) -> tracing.Call:
         ep = self.endpoints[0]
@@ -880,162 +614,12 @@ class LlamaVisionClient:
         ep = next((e for e in self.endpoints if e.provider == result.provider), self.endpoints[0])
         return ep.provider, ep.base_url
 
-    def _empty(self, ep: Endpoint, prepared: ChatRequest, request_id: str | None) -> None:
-        """Warn about an empty answer to an image request (reported as a silent failure)."""
-        if self._has_images(prepared):
-            logger.warning(
-                "%s returned an empty answer (no text, no tool call) to a request with an "
-                "image (request id %s). Such silent empties are reported for image requests; "
-                "check the image%s, or ask again.",
-                ep.provider,
-                self._clean(request_id),
-                ep.codec.EMPTY_ANSWER_HINT,
-            )
-
-    # ----------------------------------------------------------------- images
-
-    def _local_images(self, request: ChatRequest) -> tuple[Message, ...]:
-        """Resolve every image (no network), then apply the one-image policy.
-
-        Leaves several images only for ``grid``, which the resolvers compose once remote
-        images are downloaded.
-        """
-        opts = self.image_options
-        messages = [
-            dataclasses.replace(
-                m,
-                parts=tuple(
-                    Image(resolve_image(p.source, opts)) if isinstance(p, Image) else p
-                    for p in m.parts
-                ),
-            )
-            if m.images
-            else m
-            for m in request.messages
-        ]
-        images = [i.source for m in messages for i in m.images]
-        count = len({i.data if isinstance(i, ResolvedImage) else i.url for i in images})
-        if count <= 1:  # no image, one image, or the same image several times: keep the last
-            return self._apply_policy(tuple(messages), None)
-        if self.multi_image == "error":
-            raise ImageError(
-                f"This conversation holds {count} images, but Llama 3.2 Vision is trained for "
-                "one image per conversation. Send one image, or pass multi_image='latest' to "
-                "keep only the last one, or multi_image='grid' to compose them into one "
-                "labelled grid (for comparisons)."
-            )
-        if self.multi_image == "latest":
-            return self._apply_policy(tuple(messages), None)
-        return tuple(messages)
-
-    @staticmethod
-    def _has_images(request: ChatRequest) -> bool:
-        return any(isinstance(p, Image) for m in request.messages for p in m.parts)
-
-    def _apply_policy(
-        self, messages: tuple[Message, ...], images: list[ResolvedImage] | None
-    ) -> tuple[Message, ...]:
-        """Keep one image: the last (``latest``) or a grid of all (``grid``, given resolved)."""
-        total = sum(len(m.images) for m in messages)
-        if total <= 1:
-            return messages
-        keep = compose_grid(images, self.image_options) if images is not None else None
-        seen, out = 0, []
-        for m in messages:
-            parts: list[Part] = []
-            for p in m.parts:
-                if isinstance(p, Image):
-                    seen += 1
-                    if keep is not None and seen == 1:
-                        parts.append(Image(keep))
-                    elif keep is None and seen == total:
-                        parts.append(p)
-                    continue
-                parts.append(p)
-            out.append(dataclasses.replace(m, parts=tuple(parts)))
-        return tuple(out)
-
-    def _image_resolver(self, request: ChatRequest) -> Callable[[Endpoint], ChatRequest]:
-        """Return a function giving each endpoint the request with images it can take."""
-        if not self._has_images(request):
-            return lambda ep: dataclasses.replace(request, model=ep.model)
-        local = self._local_images(request)
-        downloads: dict[str, ResolvedImage] = {}
-
-        def inline(image: Image) -> ResolvedImage:
-            src = image.source
-            if isinstance(src, RemoteImage):
-                if src.url not in downloads:
-                    downloads[src.url] = self._download(src.url)
-                return downloads[src.url]
-            return src  # type: ignore[no-any-return]
-
-        if sum(len(m.images) for m in local) > 1:  # only "grid" leaves several
-            local = self._apply_policy(local, [inline(i) for m in local for i in m.images])
-
-        def for_endpoint(ep: Endpoint) -> ChatRequest:
-            messages = local
-            if not ep.codec.FETCHES_IMAGE_URLS:
-                messages = tuple(_map_images(m, lambda i: Image(inline(i))) for m in local)
-            return dataclasses.replace(request, messages=messages, model=ep.model)
-
-        return for_endpoint
-
-    async def _aimage_resolver(
-        self, request: ChatRequest
-    ) -> Callable[[Endpoint], Awaitable[ChatRequest]]:
-        if not self._has_images(request):
-
-            async def plain(ep: Endpoint) -> ChatRequest:
-                return dataclasses.replace(request, model=ep.model)
-
-            return plain
-        local = await _image_work(self._local_images, request)
-        downloads: dict[str, ResolvedImage] = {}
-
-        async def inline(image: Image) -> ResolvedImage:
-            src = image.source
-            if isinstance(src, RemoteImage):
-                if src.url not in downloads:
-                    downloads[src.url] = await self._adownload(src.url)
-                return downloads[src.url]
-            return src  # type: ignore[no-any-return]
-
-        if sum(len(m.images) for m in local) > 1:  # only "grid" leaves several
-            grid = [await inline(i) for m in local for i in m.images]
-            local = await _image_work(self._apply_policy, local, grid)
-
-        async def for_endpoint(ep: Endpoint) -> ChatRequest:
-            messages = local
-            if not ep.codec.FETCHES_IMAGE_URLS:
-                resolved = {id(i): Image(await inline(i)) for m in local for i in m.images}
-                messages = tuple(_map_images(m, lambda i: resolved[id(i)]) for m in local)
-            return dataclasses.replace(request, messages=messages, model=ep.model)
-
-        return for_endpoint
-
-    def _download(self, url: str) -> ResolvedImage:
-        if self._dl is None:
-            with self._lock:
-                if self._dl is None:
-                    self._dl = downloads.http_client(self.image_options)
-        data = downloads.download(self._dl, url, self.image_options)
-        return load_image_bytes(data, self.image_options, origin=url)
-
-    async def _adownload(self, url: str) -> ResolvedImage:
-        loop = asyncio.get_running_loop()
-        if self._adl is None or self._adl_loop is not loop:
-            self._adl = downloads.async_http_client(self.image_options)
-            self._adl_loop = loop
-        data = await downloads.adownload(self._adl, url, self.image_options)
-        return await _image_work(load_image_bytes, data, self.image_options, origin=url)
-
     # ----------------------------------------------------------------- license
 
     def _agree(self, ep: Endpoint) -> None:
         path, body = _license_request(ep)
         logger.warning("accepting Meta's license on %s for this account", ep.provider)
-        response = _send(
+        response = send(
             lambda: self._client().post(
                 ep.base_url + path, json=body, headers=ep.headers(cache=False)
             ),
@@ -1046,14 +630,15 @@ class LlamaVisionClient:
     async def _aagree(self, ep: Endpoint) -> None:
         path, body = _license_request(ep)
         logger.warning("accepting Meta's license on %s for this account", ep.provider)
-        response = await _asend(
-            self._aclient().post(ep.base_url + path, json=body, headers=ep.headers(cache=False)), ep
+        http = await self._aclient()
+        response = await asend(
+            http.post(ep.base_url + path, json=body, headers=ep.headers(cache=False)), ep
         )
         self._after_agree(ep, response)
 
     def _after_agree(self, ep: Endpoint, response: httpx.Response) -> None:
         if response.status_code >= 400:
-            error = _status_error(ep, response)
+            error = ep.status_error(response)
             if not isinstance(error, LicenseAgreementRequiredError):
                 raise self.redact(error)
         self._agreed.add(ep.provider)
@@ -1062,16 +647,16 @@ class LlamaVisionClient:
 
     def _chat_once(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> ChatResult:
         path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
-        response = _send(
+        response = send(
             lambda: self._client().post(
                 ep.base_url + path, json=body, headers=ep.headers(prepared.headers)
             ),
             ep,
         )
         try:
-            result = self._parse_reply(ep, response, body.get("max_tokens"), prepared)
+            result = self._parse_reply(ep, response, prepared)
         finally:
-            _unlink(response)
+            unlink(response)
         ticket.release()
         return result
 
@@ -1079,28 +664,22 @@ class LlamaVisionClient:
         self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable
     ) -> ChatResult:
         path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
-        response = await _asend(
-            self._aclient().post(
-                ep.base_url + path, json=body, headers=ep.headers(prepared.headers)
-            ),
-            ep,
+        http = await self._aclient()
+        response = await asend(
+            http.post(ep.base_url + path, json=body, headers=ep.headers(prepared.headers)), ep
         )
         try:
-            result = self._parse_reply(ep, response, body.get("max_tokens"), prepared)
+            result = self._parse_reply(ep, response, prepared)
         finally:
-            _unlink(response)
+            unlink(response)
         ticket.release()
         return result
 
     def _parse_reply(
-        self,
-        ep: Endpoint,
-        response: httpx.Response,
-        max_tokens: int | None,
-        prepared: ChatRequest,
+        self, ep: Endpoint, response: httpx.Response, prepared: ChatRequest
     ) -> ChatResult:
         if response.status_code >= 400:
-            raise _status_error(ep, response)
+            raise ep.status_error(response)
         try:
             body = response.json()
         except ValueError as exc:
@@ -1110,105 +689,39 @@ class LlamaVisionClient:
                 provider=ep.provider,
                 status_code=response.status_code,
             ) from exc
-        result = ep.codec.parse_result(body, max_tokens=max_tokens)
-        self._finish(ep, result, response.headers)
+        result = ep.codec.parse_result(body, max_tokens=ep.codec.max_tokens(prepared))
+        ep.finish(result, response.headers)
         if not (result.text or result.tool_calls or result.invalid_tool_calls):
-            self._empty(ep, prepared, result.request_id)
+            warn_if_empty(ep, prepared, result.request_id, self.redactor)
         return result
 
-    def _open_stream(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> _OpenStream:
+    def _open_stream(self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable) -> StreamReader:
         path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
         http = self._client()
         req = http.build_request(
             "POST", ep.base_url + path, json=body, headers=ep.headers(prepared.headers)
         )
-        response = _send(lambda: http.send(req, stream=True), ep)
-        opened = _OpenStream(self, ep, prepared, response, body.get("max_tokens"), ticket)
-        opened.start()
-        return opened
+        response = send(lambda: http.send(req, stream=True), ep)
+        reader = StreamReader(
+            ep, prepared, response, ep.codec.max_tokens(prepared), ticket, self.redactor
+        )
+        reader.start()
+        return reader
 
     async def _aopen_stream(
         self, ep: Endpoint, prepared: ChatRequest, ticket: Releasable
-    ) -> _AsyncOpenStream:
+    ) -> AsyncStreamReader:
         path, body = ep.codec.build_payload(prepared, image_field=self.image_field)
-        http = self._aclient()
+        http = await self._aclient()
         req = http.build_request(
             "POST", ep.base_url + path, json=body, headers=ep.headers(prepared.headers)
         )
-        response = await _asend(http.send(req, stream=True), ep)
-        opened = _AsyncOpenStream(self, ep, prepared, response, body.get("max_tokens"), ticket)
-        await opened.start()
-        return opened
-
-
-# The SSE readers below are the hottest loop of a stream, so the line handling is written
-# out in both rather than called per line. Only ``data:`` fields matter to these providers;
-# ``event:``, ``id:``, ``retry:`` and comments are ignored, as the SSE specification allows.
-
-
-def sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """Yield the data of each server-sent event, from httpx's decoded lines."""
-    data: list[str] = []
-    for line in lines:
-        if line.startswith("data:"):
-            data.append(line[6:] if line.startswith(" ", 5) else line[5:])
-        elif not line and data:
-            yield data[0] if len(data) == 1 else "\n".join(data)
-            data.clear()
-    if data:
-        yield "\n".join(data)
-
-
-async def asse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Async form of :func:`sse_data`."""
-    data: list[str] = []
-    async for line in lines:
-        if line.startswith("data:"):
-            data.append(line[6:] if line.startswith(" ", 5) else line[5:])
-        elif not line and data:
-            yield data[0] if len(data) == 1 else "\n".join(data)
-            data.clear()
-    if data:
-        yield "\n".join(data)
-
-
-_IMAGE_WORKERS = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="llamavision-image")
-
-
-async def _image_work(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run CPU-bound image work (decode, resize, encode) off the event loop.
-
-    One pool per process, as large as the CPU count: more decodes at once would not finish
-    sooner, each only holds a decoded image in memory meanwhile.
-    """
-    call = functools.partial(fn, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(_IMAGE_WORKERS, call)
-
-
-def _map_images(message: Message, fn: Callable[[Image], Image]) -> Message:
-    if not message.images:
-        return message
-    parts = tuple(fn(p) if isinstance(p, Image) else p for p in message.parts)
-    return dataclasses.replace(message, parts=parts)
-
-
-_EMPTY = httpx.ByteStream(b"")
-
-
-def _unlink(response: httpx.Response) -> None:
-    """Break httpx's response <-> stream cycle once a response is closed.
-
-    Without it the request, whose body carries the image (hundreds of kB), lives until the
-    next garbage collection; under load and on long runs that backlog is what peak memory
-    measures.
-    """
-    response.stream = _EMPTY
-
-
-def _status_error(ep: Endpoint, response: httpx.Response) -> LlamaVisionError:
-    return ep.codec.error_from(
-        response.status_code, response.headers, response.content, model=ep.model
-    )
+        response = await asend(http.send(req, stream=True), ep)
+        reader = AsyncStreamReader(
+            ep, prepared, response, ep.codec.max_tokens(prepared), ticket, self.redactor
+        )
+        await reader.start()
+        return reader
 
 
 def _license_request(ep: Endpoint) -> tuple[str, dict[str, Any]]:
@@ -1218,185 +731,16 @@ def _license_request(ep: Endpoint) -> tuple[str, dict[str, Any]]:
     return request
 
 
-def _connection_error(ep: Endpoint, exc: Exception) -> APIConnectionError:
-    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
-    return APIConnectionError(
-        f"{ep.provider} {kind} at {ep.base_url} ({type(exc).__name__}: {exc}). Check the "
-        "network and base_url, or raise timeout.",
-        provider=ep.provider,
-    )
+def _caller_level() -> int:
+    """Return the ``stacklevel`` of the first frame outside this library and the frameworks.
 
-
-def _send(call: Callable[[], httpx.Response], ep: Endpoint) -> httpx.Response:
-    try:
-        return call()
-    except httpx.TransportError as exc:
-        raise _connection_error(ep, exc) from exc
-
-
-async def _asend(call: Awaitable[httpx.Response], ep: Endpoint) -> httpx.Response:
-    try:
-        return await call
-    except httpx.TransportError as exc:
-        raise _connection_error(ep, exc) from exc
-
-
-_UNFINISHED = RuntimeError("the stream was not read to the end")
-
-
-class _StreamBase:
-    """State of one opened stream, shared by the sync and async readers."""
-
-    def __init__(
-        self,
-        client: LlamaVisionClient,
-        ep: Endpoint,
-        prepared: ChatRequest,
-        response: httpx.Response,
-        max_tokens: int | None,
-        ticket: Releasable,
-    ) -> None:
-        self.client = client
-        self.ep = ep
-        self.prepared = prepared
-        self.response = response
-        self.ticket = ticket
-        self.parser = ep.codec.stream_parser(max_tokens=max_tokens)
-        self.pending: list[StreamDelta] = []
-        self.pieces: list[str] = []
-        self.done = False
-        self.call = tracing.NOT_TRACED
-
-    def status_error(self) -> LlamaVisionError:
-        return _status_error(self.ep, self.response)
-
-    def on_data(self, data: str) -> list[StreamDelta]:
-        if data == "[DONE]":
-            self.done = True
-            return [self.final()]
-        return self.parser.feed(data)
-
-    def on_end(self) -> list[StreamDelta]:
-        """Handle the end of the body before [DONE]: fine after a finish reason, else a cut."""
-        if self.parser.complete:
-            self.done = True
-            return [self.final()]
-        raise APIConnectionError(
-            f"{self.ep.provider} closed the stream before it was complete (no [DONE]).",
-            provider=self.ep.provider,
-        )
-
-    def final(self) -> StreamDelta:
-        delta = self.parser.finish()
-        self.client._finish(self.ep, delta, self.response.headers)
-        self.call.end(delta, self.ep.provider, self.ep.base_url)
-        if not self.pieces and delta.finish_reason != "tool_calls":
-            self.client._empty(self.ep, self.prepared, delta.request_id)
-        return delta
-
-    def settle(self) -> None:
-        """Give the request's slot back: a success only if the stream was read to the end."""
-        self.ticket.release(None if self.done else _UNFINISHED)
-        self.call.fail(_UNFINISHED)  # no-op when the last chunk already ended the span
-
-    def interrupted(self, exc: BaseException) -> StreamInterruptedError:
-        text = "".join(self.pieces)
-        return StreamInterruptedError(
-            f"The {self.ep.provider} stream broke after {len(text)} characters ({exc}). "
-            "The text received so far is in .partial_text; ask again to get the rest.",
-            partial_text=text,
-            provider=self.ep.provider,
-            request_id=self.response.headers.get(self.ep.codec.REQUEST_ID_HEADER),
-        )
-
-
-class _OpenStream(_StreamBase):
-    """A stream whose first delta has arrived (so that everything before it can be retried)."""
-
-    def start(self) -> None:
-        try:
-            if self.response.status_code >= 400:
-                self.response.read()
-                raise self.status_error()
-            self.events = sse_data(self.response.iter_lines())
-            while not self.pending:
-                self.pending = self._next()
-        except BaseException:
-            self.response.close()
-            raise
-
-    def _next(self) -> list[StreamDelta]:
-        try:
-            event = next(self.events, None)
-        except httpx.TransportError as exc:
-            raise _connection_error(self.ep, exc) from exc
-        if event is None:
-            return self.on_end()
-        return self.on_data(event)
-
-    def deltas(self) -> Generator[StreamDelta, None, None]:
-        pieces = self.pieces
-        try:
-            while True:
-                for delta in self.pending:
-                    if delta.text:
-                        pieces.append(delta.text)
-                    yield delta
-                if self.done:
-                    return
-                try:
-                    self.pending = self._next()
-                except LlamaVisionError as exc:
-                    error = self.client.redact(self.interrupted(exc))
-                    self.call.fail(error)
-                    raise error from self.client._safe_cause(exc)
-        finally:
-            self.response.close()
-            _unlink(self.response)
-            self.settle()
-
-
-class _AsyncOpenStream(_StreamBase):
-    """Async twin of :class:`_OpenStream`."""
-
-    async def start(self) -> None:
-        try:
-            if self.response.status_code >= 400:
-                await self.response.aread()
-                raise self.status_error()
-            self.events = asse_data(self.response.aiter_lines())
-            while not self.pending:
-                self.pending = await self._next()
-        except BaseException:
-            await self.response.aclose()
-            raise
-
-    async def _next(self) -> list[StreamDelta]:
-        try:
-            event = await anext(self.events, None)
-        except httpx.TransportError as exc:
-            raise _connection_error(self.ep, exc) from exc
-        if event is None:
-            return self.on_end()
-        return self.on_data(event)
-
-    async def deltas(self) -> AsyncGenerator[StreamDelta, None]:
-        pieces = self.pieces
-        try:
-            while True:
-                for delta in self.pending:
-                    if delta.text:
-                        pieces.append(delta.text)
-                    yield delta
-                if self.done:
-                    return
-                try:
-                    self.pending = await self._next()
-                except LlamaVisionError as exc:
-                    error = self.client.redact(self.interrupted(exc))
-                    self.call.fail(error)
-                    raise error from self.client._safe_cause(exc)
-        finally:
-            await self.response.aclose()
-            _unlink(self.response)
-            self.settle()
+    A warning then points at the user's line, whichever adapter (LangChain, LlamaIndex) and
+    whichever public method the call went through.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.split(".")[0] not in _INTERNAL:
+            break
+        frame, level = frame.f_back, level + 1
+    return level

@@ -6,6 +6,9 @@ and the request id, and a message that says what to do next. None of them ever c
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class LlamaVisionError(Exception):
     """Base class of every error raised by llamavision.
@@ -78,6 +81,21 @@ def missing_extra(extra: str, feature: str, cause: ImportError) -> MissingExtraE
         f"{feature} needs the '{extra}' extra ({cause.name or cause} is not installed): "
         f"pip install 'llamavision[{extra}]'"
     )
+
+
+def unknown_parameter(name: str, known: Iterable[str], where: str, hint: str) -> ConfigurationError:
+    """Return the error for a keyword nothing takes, naming the closest known one.
+
+    Args:
+        name: the keyword given.
+        known: the keywords ``where`` takes.
+        where: what was called, e.g. ``"ChatLlamaVision"``.
+        hint: where anything else belongs (a provider-specific body field, say).
+
+    """
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    guess = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigurationError(f"{where} takes no parameter {name!r}.{guess} {hint}")
 
 
 class ImageError(LlamaVisionError):
@@ -192,6 +210,10 @@ ErrorKind = tuple[type[APIStatusError], str]
 """A typed error class and the hint that tells the user what to do."""
 
 _RETRY_LATER = "try again later or set fallback_providers."
+QUOTA_HINT = (
+    "The account's daily allocation is used up and retrying will not help: wait for the "
+    "daily reset or upgrade the plan, then run again."
+)
 STATUS_ERRORS: dict[int, ErrorKind] = {
     400: (BadRequestError, "Check the request: parameters, messages and tool schemas."),
     401: (AuthenticationError, "Check {key_env}: it is missing, wrong or revoked."),

@@ -247,6 +247,20 @@ class RateGovernor:
         grown = base * (1.0 + PACE_GROWTH * max(0.0, now - since))
         return grown if user is None else min(grown, user)
 
+    def try_acquire(self, now: float | None = None) -> Ticket | float:
+        """Admit one request now if the rules allow: its ticket, else the seconds to wait.
+
+        The sans-I/O step under :meth:`acquire`: ``math.inf`` means "until a slot is
+        released" (also while others wait in line, who go first). ``now`` defaults to the
+        governor's clock.
+        """
+        with self._lock:
+            now = self._clock() if now is None else now
+            if self._line:
+                return math.inf
+            wait = self._admit(now)
+            return Ticket(self, now) if wait == 0.0 else wait
+
     def _admit(self, now: float) -> float:
         """Admit one request (return 0) or return how long to wait (``inf``: for a slot)."""
         if self._in_flight >= self._limit:

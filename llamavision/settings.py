@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from llamavision.client import LlamaVisionClient
+from llamavision.endpoint import is_mask
+from llamavision.errors import unknown_parameter
 from llamavision.images import ImageOptions
 from llamavision.messages import GenerationParams, Message, Tool, normalize_tool_choice
+from llamavision.providers import PROVIDERS
 
 _PARAM_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationParams))
 
@@ -23,8 +26,14 @@ _PARAM_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationParams))
 class LlamaVisionSettings(BaseModel):
     """Provider, credentials, transport and sampling options of a llamavision model."""
 
-    provider: Literal["aigateway", "cloudflare"] = "aigateway"
-    """``"aigateway"`` (OpenAI-compatible) or ``"cloudflare"`` (Workers AI native route)."""
+    SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"api_key", "gateway_token", "default_headers"}
+    )
+    """Fields a serialised model leaves out (rebuilt, it reads them from the environment)."""
+
+    provider: str = "aigateway"
+    """``"aigateway"`` (OpenAI-compatible) or ``"cloudflare"`` (Workers AI native route):
+    a name of :data:`llamavision.providers.PROVIDERS`."""
     api_key: SecretStr | None = None
     """Defaults to ``AIGATEWAY_API_KEY`` or ``CLOUDFLARE_API_TOKEN``."""
     account_id: str | None = None
@@ -87,6 +96,41 @@ class LlamaVisionSettings(BaseModel):
     """An ``httpx.Client`` to use for sync calls."""
     http_async_client: Any = Field(default=None, exclude=True)
     """An ``httpx.AsyncClient`` to use for async calls."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, values: Any) -> Any:
+        """Refuse a keyword no field takes (a typo would otherwise be dropped silently)."""
+        if isinstance(values, Mapping):
+            known = set(cls.model_fields) | {"class_name"}  # LlamaIndex's dumps carry it
+            known |= {f.alias for f in cls.model_fields.values() if f.alias}
+            for name in values:
+                if isinstance(name, str) and name not in known:
+                    extra = next(
+                        (f for f in ("model_kwargs", "additional_kwargs") if f in known), None
+                    )
+                    hint = f"Provider-specific body fields go in {extra}={{...}}." if extra else ""
+                    raise unknown_parameter(name, known, cls.__name__, hint)
+        return values
+
+    @field_validator("api_key", "gateway_token", mode="before")
+    @classmethod
+    def _not_a_mask(cls, value: Any) -> Any:
+        """Read a masked credential (``"**********"``, from a dump) as not given.
+
+        The environment supplies it again, and the mask is never sent.
+        """
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(text, str) and is_mask(text) else value
+
+    @field_validator("provider", "fallback_providers")
+    @classmethod
+    def _known_providers(cls, value: Any) -> Any:
+        for name in [value] if isinstance(value, str) else value:
+            if name not in PROVIDERS:
+                known = ", ".join(map(repr, PROVIDERS))
+                raise ValueError(f"unknown provider {name!r}: use one of {known}")
+        return value
 
     def build_client(self, model: str | None) -> LlamaVisionClient:
         """Create the core client these settings describe.
@@ -163,18 +207,27 @@ class LlamaVisionSettings(BaseModel):
     def generation_params(self, **overrides: Any) -> GenerationParams:
         """Return the sampling parameters, with per-call overrides.
 
-        Overrides named like a :class:`GenerationParams` field replace it; any other
-        (non-``None``) keyword is sent to the provider as is, through ``extra``.
+        Overrides named like a :class:`GenerationParams` field replace it; ``extra_body``
+        (a dict) is sent to the provider as is, with ``extra``.
+
+        Raises:
+            ConfigurationError: a keyword is none of these (it names the closest).
+
         """
         values: dict[str, Any] = {
             name: getattr(self, name) for name in _PARAM_FIELDS if name in type(self).model_fields
         }
         extra = dict(overrides.pop("extra", None) or {})
+        extra.update(overrides.pop("extra_body", None) or {})
         for key, value in overrides.items():
-            if key in _PARAM_FIELDS:
-                values[key] = value
-            elif value is not None:
-                extra[key] = value
+            if key not in _PARAM_FIELDS:
+                raise unknown_parameter(
+                    key,
+                    [*_PARAM_FIELDS, "extra_body", "extra_headers"],
+                    "This call",
+                    "Provider-specific body fields go in extra_body={...}.",
+                )
+            values[key] = value
         if values.get("stop") == []:
             values["stop"] = None
         return GenerationParams(**values, extra=extra)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from llamavision import __version__
+from llamavision._version import __version__
 from llamavision.images import RemoteImage, ResolvedImage, sniff_mime
 from llamavision.messages import ChatRequest, ChatResult, Image, StreamDelta, Text, ToolCall
 

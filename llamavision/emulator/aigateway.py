@@ -5,18 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llamavision.emulator.app import (
+from llamavision.emulator.wire import (
     Answer,
     EmulatorError,
     Received,
     Response,
+    State,
 )
 from llamavision.providers import openai_compat
-
-if TYPE_CHECKING:
-    from llamavision.emulator.app import Emulator
 
 NAME = "aigateway"
 PATH = "/v1/chat/completions"
@@ -192,7 +190,7 @@ def parse(path: str, headers: dict[str, str], body: Any) -> Received:
     )
 
 
-def handle(emulator: Emulator, path: str, headers: dict[str, str], raw: bytes) -> Response:
+def handle(emulator: State, path: str, headers: dict[str, str], raw: bytes) -> Response:
     """Serve one chat completion request."""
     if not emulator.check_key(NAME, headers):
         raise auth_error()

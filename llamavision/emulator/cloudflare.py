@@ -11,19 +11,17 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llamavision.emulator.app import (
+from llamavision.emulator.wire import (
     DEFAULT_ACCOUNT_ID,
     Answer,
     EmulatorError,
     Received,
     Response,
+    State,
 )
 from llamavision.providers import workers_ai
-
-if TYPE_CHECKING:
-    from llamavision.emulator.app import Emulator
 
 NAME = "cloudflare"
 ROUTE = re.compile(r"^/client/v4/accounts/([^/]+)/ai/run/(.+)$")
@@ -203,7 +201,7 @@ def parse(path: str, headers: dict[str, str], body: Any) -> Received:
     )
 
 
-def handle(emulator: Emulator, path: str, headers: dict[str, str], raw: bytes) -> Response:
+def handle(emulator: State, path: str, headers: dict[str, str], raw: bytes) -> Response:
     """Serve one request, directly or through Cloudflare AI Gateway."""
     direct = ROUTE.match(path)
     if direct is not None:
@@ -243,7 +241,7 @@ def _copy(response: Response) -> Response:
 
 
 def _run(
-    emulator: Emulator, account: str, model: str, path: str, headers: dict[str, str], raw: bytes
+    emulator: State, account: str, model: str, path: str, headers: dict[str, str], raw: bytes
 ) -> Response:
     """Serve one Workers AI run, with the license gate."""
     if not emulator.check_key(NAME, headers):

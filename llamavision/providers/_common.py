@@ -9,25 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from llamavision.errors import MalformedResponseError, UnsupportedParameterWarning
-from llamavision.messages import GenerationParams, Usage
-
-
-def drop_unsupported(provider: str, params: GenerationParams, names: tuple[str, ...]) -> None:
-    """Warn once per call about parameters set by the user that ``provider`` does not accept."""
-    dropped = [n for n in names if getattr(params, n) not in (None, ())]
-    if dropped:
-        warnings.warn(
-            f"{provider} does not support {', '.join(dropped)}; "
-            f"{'it was' if len(dropped) == 1 else 'they were'} not sent.",
-            UnsupportedParameterWarning,
-            stacklevel=4,
-        )
-
+from llamavision.errors import MalformedResponseError
+from llamavision.messages import Usage
 
 _decode = json.JSONDecoder().decode  # skips json.loads' per-call argument handling
 

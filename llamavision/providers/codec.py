@@ -61,7 +61,11 @@ class StreamParser(Protocol):
 
     @property
     def complete(self) -> bool:
-        """Whether the stream announced its end before ``[DONE]`` (a finish reason)."""
+        """Whether the stream announced its end before its end marker (a finish reason)."""
+
+    @property
+    def ended(self) -> bool:
+        """Whether the end marker (``data: [DONE]``) has been fed."""
 
     def feed(self, data: str) -> list[StreamDelta]:
         """Parse one event's data into deltas; raise a ``LlamaVisionError`` on garbage."""
@@ -144,6 +148,20 @@ class Codec(Protocol):
     @property
     def EMPTY_ANSWER_HINT(self) -> str:
         """What to add to the warning about an empty answer to an image (may be empty)."""
+
+    @property
+    def UNSUPPORTED_PARAMS(self) -> tuple[str, ...]:
+        """Fields of ``GenerationParams`` the provider does not take (left out of the body)."""
+
+    @property
+    def CREDENTIAL_HEADERS(self) -> tuple[str, ...]:
+        """Lower-case names of the headers that carry credentials (no user header may)."""
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """Return the headers that carry the credential ``key``."""
+
+    def max_tokens(self, request: ChatRequest) -> int:
+        """Return the output limit sent with ``request`` (the caller's, else the model's)."""
 
     def build_payload(
         self, request: ChatRequest, *, image_field: bool = False

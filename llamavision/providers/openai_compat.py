@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llamavision.errors import (
+    QUOTA_HINT,
     ConfigurationError,
     ErrorKind,
     InsufficientCreditsError,
@@ -44,11 +45,11 @@ from llamavision.providers._common import (
     as_text,
     clip,
     decode_error_body,
-    drop_unsupported,
     load_event,
     malformed,
     parse_usage,
 )
+from llamavision.providers.cloudflare_errors import ERROR_CODES
 from llamavision.providers.codec import CloudflareGateway
 
 NAME = "aigateway"
@@ -68,6 +69,9 @@ BASE_URL_ENV = "AIGATEWAY_BASE_URL"
 GATEWAY_ENV = GATEWAY_TOKEN_ENV = GATEWAY_BASE_URL_ENV = None
 JSON_MODE = True  # response_format json_object and json_schema
 EMPTY_ANSWER_HINT = ""
+UNSUPPORTED_PARAMS = ("top_k", "repetition_penalty")  # not sent; the client warns once per call
+CREDENTIAL_HEADERS = ("authorization",)  # no user header may replace these
+END_OF_STREAM = "[DONE]"
 PATH = "/chat/completions"
 _SAMPLING = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 _FINISH: dict[str, FinishReason] = {
@@ -80,10 +84,16 @@ _FINISH: dict[str, FinishReason] = {
 _QUOTA_CODES = frozenset({"insufficient_quota"})
 _CREDIT_CODES = frozenset({"insufficient_credits", "insufficient_balance"})
 _PREFIXED_CODE = re.compile(r"^\s*(\d{4,5})\s*:")  # "4006: you have used up ..." (Cloudflare)
-QUOTA_HINT = (
-    "The account's daily allocation is used up and retrying will not help: wait for the "
-    "daily reset or upgrade the plan, then run again."
-)
+
+
+def auth_headers(key: str) -> dict[str, str]:
+    """Return the headers that carry the credential."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def max_tokens(request: ChatRequest) -> int:
+    """Return the output limit sent with ``request`` (the caller's, else the model's most)."""
+    return request.params.max_tokens or MAX_OUTPUT_TOKENS
 
 
 def build_payload(request: ChatRequest, *, image_field: bool = False) -> tuple[str, dict[str, Any]]:
@@ -95,7 +105,7 @@ def build_payload(request: ChatRequest, *, image_field: bool = False) -> tuple[s
     body: dict[str, Any] = {
         "model": request.model,
         "messages": [_message(m) for m in request.messages],
-        "max_tokens": params.max_tokens or MAX_OUTPUT_TOKENS,
+        "max_tokens": max_tokens(request),
     }
     for name in _SAMPLING:
         value = getattr(params, name)
@@ -110,7 +120,6 @@ def build_payload(request: ChatRequest, *, image_field: bool = False) -> tuple[s
             "type": "json_schema",
             "json_schema": dict(params.response_format),
         }
-    drop_unsupported(NAME, params, ("top_k", "repetition_penalty"))
     tools, choice = request.tools, request.tool_choice
     if tools and choice not in (None, "auto", "none", "required"):
         # A named choice is sent as "call a tool" with only that tool on offer: servers that
@@ -257,7 +266,7 @@ class StreamParser:
     server): frameworks concatenate the fields of fragments.
     """
 
-    __slots__ = ("announced", "finish_reason", "model", "request_id", "usage")
+    __slots__ = ("announced", "ended", "finish_reason", "model", "request_id", "usage")
 
     def __init__(self) -> None:
         self.finish_reason: FinishReason | None = None
@@ -265,6 +274,7 @@ class StreamParser:
         self.model: str | None = None
         self.request_id: str | None = None
         self.announced: dict[int, list[bool]] = {}  # index -> [id sent, name sent]
+        self.ended = False
 
     def feed(self, data: str) -> list[StreamDelta]:
         """Parse one event's data into text and tool-call deltas.
@@ -274,6 +284,9 @@ class StreamParser:
             LlamaVisionError: the event reports an error.
 
         """
+        if data == END_OF_STREAM:
+            self.ended = True
+            return []
         chunk = load_event(data, NAME)
         choices = chunk.get("choices")
         if choices is None:
@@ -413,7 +426,5 @@ def _kind(code: Any, message: str) -> ErrorKind | None:
         return InsufficientCreditsError, "Add credits to the account behind {key_env}."
     prefixed = _PREFIXED_CODE.match(message.removeprefix("error event in the stream: "))
     if prefixed:  # Cloudflare's OpenAI-compatible route puts Workers AI codes in the message
-        from llamavision.providers import workers_ai  # (it imports this module)
-
-        return workers_ai.ERROR_CODES.get(int(prefixed.group(1)))
+        return ERROR_CODES.get(int(prefixed.group(1)))
     return None

@@ -14,18 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from llamavision.errors import (
-    STATUS_ERRORS,
     AuthenticationError,
-    BadRequestError,
-    ErrorKind,
     LicenseAgreementRequiredError,
     LlamaVisionError,
     MalformedResponseError,
-    NotFoundError,
-    PermissionDeniedError,
-    QuotaExceededError,
-    RateLimitError,
-    ServiceUnavailableError,
     parse_retry_after,
     status_error,
 )
@@ -56,11 +48,11 @@ from llamavision.providers._common import (
     as_text,
     clip,
     decode_error_body,
-    drop_unsupported,
     load_event,
     malformed,
     parse_usage,
 )
+from llamavision.providers.cloudflare_errors import ERROR_CODES
 from llamavision.providers.codec import CloudflareGateway
 
 NAME = "cloudflare"
@@ -82,6 +74,12 @@ GATEWAY_BASE_URL_ENV = "CLOUDFLARE_GATEWAY_BASE_URL"  # the gateway route of ano
 BASE_URL_ENV = "CLOUDFLARE_BASE_URL"
 JSON_MODE = False  # no response_format: structured output goes through a tool call
 EMPTY_ANSWER_HINT = ", try image_transport='image'"  # silent empties seen with image_url parts
+UNSUPPORTED_PARAMS = ("stop", "response_format")  # not sent; the client warns once per call
+CREDENTIAL_HEADERS = (
+    "authorization",
+    "cf-aig-authorization",
+)  # a user header may not replace these
+END_OF_STREAM = "[DONE]"
 LICENSE_ERROR_CODE = 5016
 AGREE_PAYLOAD = {"prompt": "agree"}
 _AUTH_CODES = frozenset({10000, 10001, 9106, 9109})
@@ -96,36 +94,21 @@ _SAMPLING = (
     "presence_penalty",
 )
 _EVENT_KEYS = frozenset({"response", "tool_calls", "usage", "choices", "p"})
-_RETRY_LATER = "Try again later or set fallback_providers."
-_ACCESS = "This account may not use the model {model}: check the model id or ask for access."
-_LORA = "Check the lora parameter (this model takes no LoRA adapters, or the adapter is broken)."
-ERROR_CODES: dict[int, ErrorKind] = {
-    # Cloudflare's documented Workers AI errors (developers.cloudflare.com/workers-ai/platform/
-    # errors), with what to do. 3021 is the per-minute limit, seen in the wild (cloudflare/ai
-    # issue 657); 4006 is the daily allocation as Cloudflare's OpenAI-compatible route says it.
-    5007: (NotFoundError, "Check the model id ({model}): Workers AI has no such model."),
-    3042: (NotFoundError, "Check the model id ({model}): it is not a valid Workers AI model."),
-    5004: (BadRequestError, "The image data was rejected: send a JPEG, PNG, WebP or GIF."),
-    3003: (BadRequestError, STATUS_ERRORS[400][1]),
-    3039: (BadRequestError, _LORA),
-    5005: (BadRequestError, _LORA),
-    5019: (BadRequestError, "Check base_url: this route or API version is deprecated."),
-    5018: (PermissionDeniedError, _ACCESS),
-    3041: (PermissionDeniedError, _ACCESS),
-    3023: (PermissionDeniedError, "The account is blocked from Workers AI: contact Cloudflare."),
-    3006: STATUS_ERRORS[413],
-    3007: (ServiceUnavailableError, f"The request timed out at Workers AI. {_RETRY_LATER}"),
-    3008: (ServiceUnavailableError, f"Workers AI aborted the request. {_RETRY_LATER}"),
-    3036: (QuotaExceededError, openai_compat.QUOTA_HINT),
-    4006: (QuotaExceededError, openai_compat.QUOTA_HINT),
-    3040: (ServiceUnavailableError, f"Workers AI is out of capacity. {_RETRY_LATER}"),
-    3021: (RateLimitError, STATUS_ERRORS[429][1]),
-}
 
 
 def path_for(model: str) -> str:
     """Return the route of ``model`` relative to the ``.../ai/run`` base URL."""
     return "/" + model.lstrip("/")
+
+
+def auth_headers(key: str) -> dict[str, str]:
+    """Return the headers that carry the credential."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def max_tokens(request: ChatRequest) -> int:
+    """Return the output limit sent with ``request`` (the caller's, else the model's most)."""
+    return request.params.max_tokens or MAX_OUTPUT_TOKENS
 
 
 def build_payload(request: ChatRequest, *, image_field: bool = False) -> tuple[str, dict[str, Any]]:
@@ -146,7 +129,7 @@ def build_payload(request: ChatRequest, *, image_field: bool = False) -> tuple[s
         )
     body: dict[str, Any] = {
         "messages": _messages(messages),
-        "max_tokens": params.max_tokens or MAX_OUTPUT_TOKENS,
+        "max_tokens": max_tokens(request),
     }
     if image is not None:
         body["image"] = _inline(image).base64()
@@ -154,7 +137,6 @@ def build_payload(request: ChatRequest, *, image_field: bool = False) -> tuple[s
         value = getattr(params, name)
         if value is not None:
             body[name] = value
-    drop_unsupported(NAME, params, ("stop", "response_format"))
     tools = request.tools
     if tools and request.tool_choice not in (None, "auto"):
         # Workers AI has no tool_choice; the closest honest mapping is to offer fewer tools.
@@ -356,6 +338,7 @@ class StreamParser:
         "_final_usage",
         "_incremental",
         "announced",
+        "ended",
         "finish_reason",
         "max_tokens",
         "model",
@@ -369,6 +352,7 @@ class StreamParser:
         self.finish_reason: FinishReason | None = None
         self.max_tokens = max_tokens
         self.model: str | None = None
+        self.ended = False
 
     complete = False  # Workers AI marks the end only with [DONE]
 
@@ -380,6 +364,9 @@ class StreamParser:
             LlamaVisionError: the event reports an error.
 
         """
+        if data == END_OF_STREAM:
+            self.ended = True
+            return []
         event = load_event(data, NAME)
         text = event.get("response")
         if text.__class__ is str and len(event) <= 2 and (len(event) == 1 or "p" in event):

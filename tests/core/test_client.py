@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,7 +29,9 @@ from llamavision import (
     StreamAccumulator,
     StreamInterruptedError,
     Tool,
+    UnsupportedParameterWarning,
 )
+from llamavision.retry import RetryPolicy, Step
 
 Reply = httpx.Response | Callable[[httpx.Request], httpx.Response]
 
@@ -368,12 +371,31 @@ def test_a_retry_after_beyond_the_cap_raises_at_once() -> None:
 
 
 def test_backoff_grows_exponentially_with_jitter() -> None:
-    client = Script().client(retry_backoff=0.5, max_retries=5)
+    policy = RetryPolicy(max_retries=5, backoff=0.5)
     error = ServiceUnavailableError("x")
-    delays = [client._retry_delay(error, attempt) for attempt in range(5)]
-    for attempt, delay in enumerate(delays):
-        assert delay is not None and 0.25 * 2**attempt <= delay <= 0.75 * 2**attempt
-    assert client._retry_delay(error, 5) is None
+    steps = [policy.step(error, attempt, last_provider=True) for attempt in range(5)]
+    for attempt, step in enumerate(steps):
+        assert step.action == "retry" and 0.25 * 2**attempt <= step.delay <= 0.75 * 2**attempt
+    assert policy.step(error, 5, last_provider=True) == Step("raise")
+    assert policy.step(error, 5, last_provider=False) == Step("failover")
+    exact = RetryPolicy(backoff=1.0, jitter=lambda: 0.5)
+    assert [exact.step(error, n, last_provider=True).delay for n in range(2)] == [1.0, 2.0]
+
+
+def test_the_retry_policy_decides_each_step_without_io() -> None:
+    policy = RetryPolicy(max_retries=2, max_wait=10.0, accept_license=True)
+    limited = RateLimitError("slow", status_code=429, retry_after=3.0)
+    assert policy.step(limited, 0, last_provider=True) == Step("retry", 0.0)  # the governor waits
+    too_long = RateLimitError("slow", status_code=429, retry_after=3600.0)
+    assert policy.step(too_long, 0, last_provider=False) == Step("failover")
+    refused = AuthenticationError("no", status_code=401)
+    assert policy.step(refused, 0, last_provider=False) == Step("raise")
+    gate = LicenseAgreementRequiredError("agree first", status_code=403)
+    assert policy.step(gate, 0, last_provider=True) == Step("accept_license")
+    accepted = {"last_provider": True, "license_accepted": True}  # by a call in flight
+    assert policy.step(gate, 0, **accepted) == Step("retry")  # type: ignore[arg-type]
+    assert policy.step(gate, 2, **accepted) == Step("raise")  # type: ignore[arg-type]
+    assert RetryPolicy().step(gate, 0, last_provider=True) == Step("raise")
 
 
 # --------------------------------------------------------------------------- failover
@@ -600,7 +622,7 @@ def test_the_same_image_twice_counts_as_one() -> None:
 
 
 def test_sse_reader_follows_the_event_stream_format() -> None:
-    from llamavision.client import sse_data
+    from llamavision.streams import sse_data
 
     lines = [
         ": keep-alive comment",
@@ -627,3 +649,16 @@ async def test_async_latest_and_grid_policies() -> None:
     grid, latest = (sent_image_urls(b) for b in script.bodies())
     assert len(grid) == 1 and grid[0].startswith("data:image/jpeg;base64,")
     assert latest == ["data:image/png;base64," + __import__("base64").b64encode(blue).decode()]
+
+
+def test_a_dropped_parameter_warns_once_per_call_at_the_callers_line() -> None:
+    script = Script(oa_error(503, "overloaded"), completion(), completion())
+    client = script.client(max_retries=2)
+    with pytest.warns(
+        UnsupportedParameterWarning, match="aigateway does not support top_k"
+    ) as seen:
+        client.chat("hi", top_k=5)  # a retry builds the body again: still one warning
+    assert len(seen) == 1 and seen[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.chat("hi", temperature=0.1)  # nothing dropped, nothing said

@@ -25,16 +25,22 @@ def limited(retry_after: float | None = 1.0) -> RateLimitError:
 
 
 def admit(governor: RateGovernor, clock: Clock) -> Ticket:
-    wait = governor._admit(clock.now)
-    assert wait == 0.0, f"not admitted: wait {wait}"
-    return Ticket(governor, clock.now)
+    step = governor.try_acquire()
+    assert isinstance(step, Ticket), f"not admitted: wait {step}"
+    return step
+
+
+def waits(governor: RateGovernor) -> float:
+    """Seconds the next request would wait (0: admitted, and its slot taken)."""
+    step = governor.try_acquire()
+    return 0.0 if isinstance(step, Ticket) else step
 
 
 def test_max_concurrency_holds_and_a_release_makes_room() -> None:
     clock = Clock()
     governor = RateGovernor(max_concurrency=2, clock=clock)
     first, _ = admit(governor, clock), admit(governor, clock)
-    assert governor._admit(clock.now) == math.inf
+    assert waits(governor) == math.inf
     first.release()
     admit(governor, clock)
     first.release()  # a second release of the same ticket changes nothing
@@ -46,7 +52,7 @@ def test_retry_after_pauses_every_new_request_until_then() -> None:
     governor = RateGovernor(clock=clock)
     admit(governor, clock).release(limited(retry_after=2.0))
     clock.now = 0.5
-    assert governor._admit(clock.now) == pytest.approx(1.5)
+    assert waits(governor) == pytest.approx(1.5)
     clock.now = 2.0
     admit(governor, clock)
     assert governor.stats.rate_limited == 1
@@ -57,7 +63,7 @@ def test_a_pause_is_capped_and_a_503_with_retry_after_pauses_too() -> None:
     governor = RateGovernor(clock=clock, max_pause=5.0)
     busy = ServiceUnavailableError("busy", status_code=503, retry_after=3600.0)
     admit(governor, clock).release(busy)
-    assert governor._admit(clock.now) == pytest.approx(5.0)
+    assert waits(governor) == pytest.approx(5.0)
     assert governor.stats.rate_limited == 0  # it was not a 429
 
 
@@ -65,7 +71,7 @@ def test_other_failures_neither_pause_nor_slow_down() -> None:
     clock = Clock()
     governor = RateGovernor(max_concurrency=4, clock=clock)
     admit(governor, clock).release(ServerError("oops", status_code=500, retry_after=9.0))
-    assert governor._admit(clock.now) == 0.0 and governor.limit == 4
+    assert waits(governor) == 0.0 and governor.limit == 4
 
 
 def test_concurrency_halves_once_per_congestion_event_and_grows_back_by_one() -> None:
@@ -95,12 +101,12 @@ def test_rate_limit_paces_requests_from_the_start() -> None:
     clock = Clock()
     governor = RateGovernor(rate_limit=120, clock=clock)  # two a second
     admit(governor, clock).release()
-    assert governor._admit(clock.now) == pytest.approx(0.5)
+    assert waits(governor) == pytest.approx(0.5)
     clock.now = 0.5
     admit(governor, clock)
     clock.now = 10.0  # idle time does not build up a burst
     admit(governor, clock)
-    assert governor._admit(clock.now) == pytest.approx(0.5)
+    assert waits(governor) == pytest.approx(0.5)
 
 
 def test_after_a_rate_limit_answer_it_paces_just_under_what_the_provider_allowed() -> None:
@@ -114,7 +120,7 @@ def test_after_a_rate_limit_answer_it_paces_just_under_what_the_provider_allowed
     assert governor.pace(2.0) == pytest.approx(0.9 * 20 / 2.0)
     assert governor.pace(12.0) == pytest.approx(9.0 * 1.2)  # probing upward, 2 % a second
     clock.now = 3.0  # the pause is over; the bucket starts empty
-    assert governor._admit(clock.now) == pytest.approx(0.0, abs=1e-9)
+    assert waits(governor) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_a_learned_pace_never_exceeds_the_configured_rate() -> None:

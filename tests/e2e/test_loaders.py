@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from colour_embedding import ColourEmbedding
 from langchain_core.documents import Document
 from llama_index.core.indices import MultiModalVectorStoreIndex
 from llama_index.core.schema import ImageDocument
 
 from langchain_llamavision import CaptionLoader
 from llamaindex_llamavision import CaptionReader
-from llamaindex_llamavision.offline import ColourEmbedding
 from llamavision.cli import main
 from llamavision.emulator import Emulator
 

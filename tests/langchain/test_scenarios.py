@@ -415,3 +415,13 @@ def test_streamed_and_invoked_messages_carry_the_providers_request_id(
     assert merged is not None and invoked.id and merged.id
     assert not merged.id.startswith("lc_") and not invoked.id.startswith("lc_")
     assert merged.id != invoked.id  # two requests, two ids: the provider's, both
+
+
+def test_a_streamed_message_has_the_request_id_as_invoke_does(llm: ChatLlamaVision) -> None:
+    invoked = llm.invoke("hi")
+    merged = None
+    for chunk in llm.stream("hi"):
+        merged = chunk if merged is None else merged + chunk
+    assert merged is not None
+    for message in (invoked, merged):
+        assert message.id and message.id == message.response_metadata["request_id"]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from colour_embedding import ColourEmbedding
 from llama_index.core.base.llms.base import BaseLLM
+from llama_index.core.base.llms.types import ToolCallBlock
 from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.multi_modal_llms import MultiModalLLM
@@ -18,13 +22,16 @@ from llama_index.core.tools import FunctionTool
 from pydantic import BaseModel
 
 from llamaindex_llamavision import LlamaVision, LlamaVisionMultiModal
-from llamaindex_llamavision.offline import ColourEmbedding
+from llamaindex_llamavision.base import to_core_message
 from llamavision import (
+    ConfigurationError,
     ImageError,
     ImageOptions,
     LicenseAgreementRequiredError,
+    LlamaVisionClient,
     StreamInterruptedError,
 )
+from llamavision import messages as core
 from llamavision.emulator import Emulator, EmulatorServer, Fault, Reply
 from tests.recorded import (
     LLAMA_CPP_PYTHON_TOOL_STREAM,
@@ -473,3 +480,87 @@ def test_token_counting_reads_the_real_usage_streamed_or_not(
     assert (stream.prompt_token_count, stream.completion_token_count) == (
         usage[1]["prompt_tokens"], usage[1]["completion_tokens"],
     )  # fmt: skip
+
+
+def test_the_multimodal_llm_acquires_its_rate_limiter_before_each_call(emulator: Emulator) -> None:
+    class Counting:
+        calls = 0
+
+        def acquire(self) -> None:
+            self.calls += 1
+
+        async def async_acquire(self) -> None:
+            self.calls += 1
+
+    limiter = Counting()
+    mm = LlamaVisionMultiModal(rate_limiter=limiter)
+    image = ImageDocument(image_path=str(SAMPLES / "sunset.jpg"))
+    assert mm.complete("Describe it.", image_documents=[image]).text
+    assert limiter.calls == 1
+
+
+def test_streamed_structured_output_is_the_object_as_with_openai_like(
+    llm: LlamaVision, provider: str
+) -> None:
+    from llama_index.core.prompts import PromptTemplate
+    from llama_index.llms.openai_like import OpenAILike
+
+    template = PromptTemplate("Name the colour of {thing}.")
+    *_, last = llm.stream_structured_predict(Colour, template, thing="a tomato")
+    assert isinstance(last, Colour) and last.name
+    *_, response = llm.as_structured_llm(Colour).stream_chat(
+        [ChatMessage(role="user", content="Which colour? Use Colour.")]
+    )
+    assert isinstance(response.raw, Colour) and response.raw.name
+
+    async def astream() -> Any:
+        parts = await llm.astream_structured_predict(Colour, template, thing="a tomato")
+        return [p async for p in parts][-1]
+
+    assert isinstance(asyncio.run(astream()), Colour)
+    if provider == "aigateway":  # the reference: LlamaIndex's OpenAI-compatible class
+        reference = OpenAILike(
+            model=str(llm.model),
+            api_base=os.environ["AIGATEWAY_BASE_URL"],
+            api_key=os.environ["AIGATEWAY_API_KEY"],
+            is_chat_model=True,
+            is_function_calling_model=True,
+        )
+        *_, theirs = reference.stream_structured_predict(Colour, template, thing="a tomato")
+        assert type(theirs) is type(last) and theirs.model_dump().keys() == last.model_dump().keys()
+
+
+def test_a_tool_call_streams_its_arguments_as_they_arrive(llm: LlamaVision) -> None:
+    responses = list(llm.stream_chat_with_tools([WEATHER], "weather in Paris?"))
+    calls = llm.get_tool_calls_from_response(responses[-1])
+    assert [c.tool_name for c in calls] == ["get_weather"] and calls[0].tool_kwargs
+    for r in responses:  # wherever a call shows, LlamaIndex's helpers find it
+        if any(isinstance(b, ToolCallBlock) for b in r.message.blocks):
+            assert r.message.additional_kwargs["tool_calls"]
+    sent_back = to_core_message(responses[-1].message)  # as history: once, not twice
+    assert len([p for p in sent_back.parts if isinstance(p, core.ToolCall)]) == 1
+
+
+@pytest.mark.parametrize("cls", [LlamaVision, LlamaVisionMultiModal])
+def test_serialised_models_leave_secrets_out_and_read_them_again(
+    cls: type[LlamaVision], emulator: Emulator
+) -> None:
+    from llama_index.llms.openai_like import OpenAILike
+
+    assert json.loads(OpenAILike(model="m", api_key="k", api_base="http://x").to_json())
+    model = cls(api_key="sk-passed-by-hand", default_headers={"X-A": "secret-header"})
+    text = model.to_json()  # as OpenAILike's: JSON, no secret in it
+    assert "sk-passed" not in text and "secret-header" not in text and "class_name" in text
+    assert json.dumps(model.to_dict()) and "api_key" not in model.to_dict()
+    rebuilt = cls.from_dict(json.loads(text))
+    assert rebuilt.api_key is not None
+    assert rebuilt.api_key.get_secret_value() == os.environ["AIGATEWAY_API_KEY"]  # from the env
+    masked = cls.model_validate_json(model.model_dump_json())  # the dump holds "**********"
+    assert masked.api_key is not None and masked.api_key.get_secret_value() != "**********"
+    args: dict[str, Any] = {"image_documents": []} if cls is LlamaVisionMultiModal else {}
+    assert masked.complete("hi", **args).text  # the key is the environment's, not the mask
+
+
+def test_a_masked_key_is_never_sent() -> None:
+    with pytest.raises(ConfigurationError, match="mask"):
+        LlamaVisionClient(api_key="**********")
