@@ -35,6 +35,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
 from typing_extensions import Self
 
 from llamavision import messages as core
@@ -98,7 +99,9 @@ def to_core_message(message: ChatMessage) -> core.Message:
                 f"LlamaVision cannot send a {type(block).__name__}: Llama 3.2 Vision takes "
                 "text and one image."
             )
-    for call in message.additional_kwargs.get("tool_calls") or ():  # OpenAI-style history
+    has_blocks = any(isinstance(p, core.ToolCall) for p in parts)
+    for call in () if has_blocks else message.additional_kwargs.get("tool_calls") or ():
+        # OpenAI-style history (our own messages carry both: the blocks are what counts)
         fn = call["function"] if isinstance(call, dict) else call.function
         fn = fn if isinstance(fn, dict) else fn.model_dump()
         call_id = call["id"] if isinstance(call, dict) else call.id
@@ -106,17 +109,29 @@ def to_core_message(message: ChatMessage) -> core.Message:
     return core.Message(role, tuple(parts))
 
 
-def to_chat_message(text: str, calls: Sequence[core.ToolCall]) -> ChatMessage:
+def to_chat_message(
+    text: str, calls: Sequence[core.ToolCall] | Sequence[core.ToolCallChunk]
+) -> ChatMessage:
     """Build the assistant ``ChatMessage`` for an answer (tool calls as ``ToolCallBlock``).
 
     An answer without text has no text block when it calls tools (as LlamaIndex's own
     integrations do), and an empty one otherwise: its ``content`` is ``""``, never ``None``.
+    Calls still streaming in (``ToolCallChunk``) carry their arguments as received so far, a
+    JSON string that may be cut, as LlamaIndex's OpenAI integration streams them. The same
+    calls are listed OpenAI-style under ``additional_kwargs["tool_calls"]``, where LlamaIndex's
+    streaming structured output looks for them.
     """
     blocks: list[Any] = [TextBlock(text=text)] if text or not calls else []
-    blocks.extend(
-        ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in calls
-    )
-    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks)
+    listed = []
+    for c in calls:
+        name = c.name or ""
+        blocks.append(ToolCallBlock(tool_call_id=c.id, tool_name=name, tool_kwargs=c.arguments))
+        arguments = c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)
+        listed.append(
+            {"id": c.id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        )
+    extra = {"tool_calls": listed} if listed else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
 
 
 def _answer_kwargs(result: core.ChatResult | core.StreamAccumulator) -> dict[str, Any]:
@@ -146,7 +161,27 @@ def to_chat_response(result: core.ChatResult) -> ChatResponse:
     )
 
 
-class LlamaVision(LlamaVisionSettings, FunctionCallingLLM):
+class WithoutSecrets:
+    """LlamaIndex serialisation (``to_dict``, ``to_json``, ``dict``) without credentials.
+
+    As LlamaIndex's own ``OpenAI`` class does, a serialised model carries no secret; rebuilt
+    with ``from_dict``/``from_json``, it reads its credentials from the environment again.
+    """
+
+    def dict(self, **kwargs: Any) -> dict[str, Any]:
+        """Return the model's fields as LlamaIndex serialises them, credentials left out."""
+        exclude = kwargs.get("exclude") or set()
+        if isinstance(exclude, Mapping):
+            kwargs["exclude"] = {
+                **exclude,
+                **dict.fromkeys(LlamaVisionSettings.SECRET_FIELDS, True),
+            }
+        else:
+            kwargs["exclude"] = set(exclude) | LlamaVisionSettings.SECRET_FIELDS
+        return super().dict(**kwargs)  # type: ignore[misc,no-any-return]
+
+
+class LlamaVision(WithoutSecrets, LlamaVisionSettings, FunctionCallingLLM):
     """Llama 3.2 11B Vision Instruct on AI Gateway or Cloudflare Workers AI.
 
     Takes ``ChatMessage``s with ``TextBlock`` and ``ImageBlock`` (url, path, bytes or base64)
@@ -336,10 +371,21 @@ class LlamaVision(LlamaVisionSettings, FunctionCallingLLM):
             ToolSelection(
                 tool_id=c.tool_call_id or "",
                 tool_name=c.tool_name,
-                tool_kwargs=c.tool_kwargs if isinstance(c.tool_kwargs, dict) else {},
+                tool_kwargs=_arguments(c.tool_kwargs),
             )
             for c in calls
         ]
+
+
+def _arguments(kwargs: dict[str, Any] | str) -> dict[str, Any]:
+    """Return a call's arguments as a dict; a string still streaming in is parsed partially."""
+    if isinstance(kwargs, dict):
+        return kwargs
+    try:
+        parsed = parse_partial_json(kwargs)
+    except (ValueError, TypeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 class _Streamed:
@@ -354,8 +400,10 @@ class _Streamed:
     def response(self, delta: core.StreamDelta) -> ChatResponse:
         self.acc.add(delta)
         self.text += delta.text
-        if delta.tool_call_chunks or delta.finish_reason is not None:
+        if delta.finish_reason is not None:
             message = to_chat_message(self.text, self.acc.result().tool_calls)
+        elif delta.tool_call_chunks:
+            message = to_chat_message(self.text, self.acc.tool_calls_so_far())
         else:
             message = ChatMessage(role=MessageRole.ASSISTANT, content=self.text)
         extra = _answer_kwargs(self.acc) if delta.finish_reason is not None else {}

@@ -323,7 +323,11 @@ def main(
     out, err = out or sys.stdout, err or sys.stderr
     args = build_parser().parse_args(argv)
     if args.command == "emulator":
-        return _emulator(args, out, err)
+        try:
+            return _emulator(args, out, err)
+        except LlamaVisionError as exc:  # e.g. the port is in use
+            print(f"llamavision emulator: {exc}", file=err)
+            return 1
     handler = _ask if args.command == "ask" else _caption
     try:
         with provider_environment(args.provider, err):

@@ -400,6 +400,17 @@ class StreamAccumulator:
         """The text received so far."""
         return "".join(self._pieces)
 
+    def tool_calls_so_far(self) -> list[ToolCallChunk]:
+        """Return each tool call received so far, its arguments as they stand (maybe cut).
+
+        What a framework shows while a call streams in, e.g. to parse partial JSON into a
+        partial structured object.
+        """
+        return [
+            ToolCallChunk(index, call_id or f"call_{index}", name or "", "".join(fragments))
+            for index, (call_id, name, fragments) in sorted(self._calls.items())
+        ]
+
     def result(self) -> ChatResult:
         """Return everything received so far as a :class:`ChatResult`.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import secrets
@@ -21,7 +22,7 @@ from llamavision.emulator.app import (
     DEFAULT_CLOUDFLARE_TOKEN,
     Emulator,
 )
-from llamavision.errors import missing_extra
+from llamavision.errors import ConfigurationError, missing_extra
 from llamavision.providers import PROVIDERS
 
 
@@ -104,11 +105,29 @@ class EmulatorServer:
                     os.environ[key] = value
 
     def start(self) -> EmulatorServer:
-        """Bind the port and serve in a background thread; return once it accepts requests."""
+        """Bind the port and serve in a background thread; return once it accepts requests.
+
+        Raises:
+            ConfigurationError: the port is in use.
+
+        """
         uvicorn = _uvicorn()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+        # sockets that say they are TCP, and accepted sockets inherit the listener's protocol.
+        # With 0 every answer waited for the client's delayed ACK: 44 ms per request.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
+        try:
+            sock.bind((self.host, self._requested_port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigurationError(
+                f"Port {self._requested_port} on {self.host} is already in use: stop what uses "
+                "it, or choose another port (port 0, --port 0 on the command line, takes any "
+                "free one)."
+            ) from None
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.emulator, log_level="critical", lifespan="off", timeout_graceful_shutdown=1

@@ -1,0 +1,92 @@
+"""The emulator as a server: as fast on loopback as a bare server, and a busy port said plainly."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from llamavision.cli import main
+from llamavision.emulator import Emulator, EmulatorServer
+from llamavision.errors import ConfigurationError
+from llamavision.providers import openai_compat
+
+
+async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The least an ASGI app can answer: a fixed JSON body."""
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": b'{"ok": true}'})
+
+
+@pytest.fixture
+def bare_server() -> Iterator[str]:
+    """Uvicorn binding its own socket, as its documentation shows: the reference point."""
+    server = uvicorn.Server(
+        uvicorn.Config(bare_app, host="127.0.0.1", port=0, log_level="critical", lifespan="off")
+    )
+    started = threading.Event()
+    real_startup = server.startup
+
+    async def startup(sockets: Any = None) -> None:
+        try:
+            await real_startup(sockets=sockets)
+        finally:
+            started.set()
+
+    server.startup = startup  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    started.wait()
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join()
+
+
+def median_round_trip(url: str, headers: dict[str, str], body: dict[str, Any]) -> float:
+    with httpx.Client() as http:
+        http.post(url, json=body, headers=headers).raise_for_status()  # connect once
+        times = []
+        for _ in range(15):
+            started = time.perf_counter()
+            http.post(url, json=body, headers=headers).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def test_a_round_trip_costs_about_what_a_bare_server_costs(
+    emulator_server: EmulatorServer, bare_server: str
+) -> None:
+    """Nagle's algorithm meeting a delayed ACK cost 44 ms per answer (55x a bare server)."""
+    env = emulator_server.env()
+    model = openai_compat.DEFAULT_MODEL  # the emulator knows the providers' model ids
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    ours = median_round_trip(
+        env["AIGATEWAY_BASE_URL"] + "/chat/completions",
+        {"Authorization": f"Bearer {env['AIGATEWAY_API_KEY']}"},
+        body,
+    )
+    bare = median_round_trip(bare_server, {}, body)
+    assert ours < 10 * bare, f"emulator {ours * 1000:.1f} ms, bare server {bare * 1000:.1f} ms"
+
+
+def test_a_port_in_use_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=f"Port {port} .* in use.*port 0"):
+            EmulatorServer(Emulator(), port).start()
+        assert main(["emulator", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already in use" in err and "--port 0" in err, err
