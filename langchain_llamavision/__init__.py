@@ -9,7 +9,7 @@ try:
 except ImportError as exc:
     raise missing_extra("langchain", "langchain_llamavision", exc) from None
 
-from langchain_llamavision.chat_models import ChatLlamaVision
+from langchain_llamavision.chat_models import ChatLlamaVision, local_image_block
 from langchain_llamavision.document_loaders import CaptionLoader
 
-__all__ = ["CaptionLoader", "ChatLlamaVision"]
+__all__ = ["CaptionLoader", "ChatLlamaVision", "local_image_block"]

@@ -6,8 +6,10 @@ wire detail lives in the core's provider codecs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -26,6 +28,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.content import create_image_block
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import (
@@ -42,7 +45,7 @@ from typing_extensions import Self
 
 from llamavision import messages as core
 from llamavision.client import LlamaVisionClient
-from llamavision.images import image_source
+from llamavision.images import ImageOptions, ResolvedImage, image_source, resolve_image
 from llamavision.providers import PROVIDERS
 from llamavision.settings import LlamaVisionSettings
 
@@ -72,7 +75,7 @@ def to_core_message(message: BaseMessage) -> core.Message:
         elif kind == "image":
             parts.append(core.Image(_image(block)))
         elif kind == "non_standard" and isinstance(block["value"].get("image_url"), str):
-            parts.append(core.Image(block["value"]["image_url"]))
+            parts.append(core.Image(image_source(url=block["value"]["image_url"])))
         elif kind == "non_standard" and isinstance(message, AIMessage):
             continue  # provider-specific history (e.g. tool_use blocks); calls are in tool_calls
         elif kind in ("tool_call", "reasoning", "invalid_tool_call", "tool_call_chunk"):
@@ -88,6 +91,38 @@ def to_core_message(message: BaseMessage) -> core.Message:
     if isinstance(message, HumanMessage) or message.type in ("human", "user"):
         return core.Message("user", tuple(parts))
     raise ValueError(f"ChatLlamaVision cannot send a {message.type!r} message.")
+
+
+def local_image_block(
+    path: str | os.PathLike[str], options: ImageOptions | None = None
+) -> dict[str, Any]:
+    """Return a standard LangChain image block holding a local image file (base64 inline).
+
+    The image is checked and prepared as every image is (EXIF-rotated, downscaled to what
+    the model sees, re-encoded), so the block is no larger than what would be sent.
+
+    The way to send a file from this machine: image ``url`` fields are only http(s) or
+    ``data:`` URLs, never read from the disk.
+
+    Raises:
+        ImageError: the file is missing, too large, or not a JPEG, PNG, WebP or GIF.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.messages import HumanMessage
+            from langchain_llamavision import ChatLlamaVision, local_image_block
+
+            message = HumanMessage(content_blocks=[
+                {"type": "text", "text": "What is in this photo?"},
+                local_image_block("photo.jpg"),
+            ])
+            ChatLlamaVision().invoke([message])
+
+    """
+    image = resolve_image(Path(path), options)
+    assert isinstance(image, ResolvedImage)  # a path always resolves locally
+    return dict(create_image_block(base64=image.base64(), mime_type=image.mime_type))
 
 
 def _image(block: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -49,8 +49,9 @@ class LlamaVisionMultiModal(WithoutSecrets, LlamaVisionSettings, MultiModalLLM):
 
     Use it where LlamaIndex asks for a multi-modal LLM, e.g.
     ``MultiModalVectorStoreIndex.as_query_engine(llm=LlamaVisionMultiModal())``. The model is
-    trained for one image per conversation: retrieve one image (``image_similarity_top_k=1``)
-    or set ``multi_image="grid"`` to compose several into one.
+    trained for one image per conversation, and query engines retrieve several: by default
+    (``multi_image="grid"``) they are composed into one labelled grid. To send only the best
+    match, retrieve one (``similarity_top_k=1, image_similarity_top_k=1``).
 
     Examples:
         ```python
@@ -64,6 +65,13 @@ class LlamaVisionMultiModal(WithoutSecrets, LlamaVisionSettings, MultiModalLLM):
     """
 
     model: str | None = Field(default=None, description="Model id (provider default if None).")
+    multi_image: Literal["error", "latest", "grid"] = Field(
+        default="grid",
+        description=(
+            "Several images in one call (a query engine retrieves several): compose them into "
+            "one labelled grid (the default here), keep the latest, or refuse."
+        ),
+    )
     additional_kwargs: dict[str, Any] = Field(default_factory=dict)
     rate_limiter: Any = Field(
         default=None,

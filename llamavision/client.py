@@ -67,6 +67,7 @@ logger = logging.getLogger("llamavision")
 T = TypeVar("T")
 E = TypeVar("E", bound=LlamaVisionError)
 Messages = str | Message | Sequence[Message]
+_PARAMS = tuple(f.name for f in dataclasses.fields(GenerationParams))
 _INTERNAL = ("llamavision", "langchain_llamavision", "llamaindex_llamavision", "langchain_core",
              "langchain", "langgraph", "llama_index", "asyncio", "concurrent", "threading",
              "contextvars", "functools")  # fmt: skip
@@ -172,9 +173,12 @@ class LlamaVisionClient:
         **unknown: Any,
     ) -> None:
         for name in unknown:  # a typo is an error that names the closest parameter
-            known = inspect.signature(LlamaVisionClient).parameters
+            known = [*inspect.signature(LlamaVisionClient).parameters, *_PARAMS]
             raise unknown_parameter(
-                name, known, "LlamaVisionClient", "Generation parameters go to chat(...)."
+                name,
+                known,
+                "LlamaVisionClient",
+                "Generation parameters (temperature, max_tokens...) go to chat(...).",
             )
         self.image_field = image_transport == "image"
         if image_transport not in ("image_url", "image"):
@@ -466,12 +470,11 @@ class LlamaVisionClient:
             messages = (messages,)
         params = params or GenerationParams()
         if overrides:
-            fields = [f.name for f in dataclasses.fields(GenerationParams)]
             for name in overrides:
-                if name not in fields:
+                if name not in _PARAMS:
                     raise unknown_parameter(
                         name,
-                        fields,
+                        _PARAMS,
                         "chat",
                         "Provider-specific body fields go in extra={...}.",
                     )

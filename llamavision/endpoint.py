@@ -47,6 +47,8 @@ class Endpoint:
     governor: Governor = dataclasses.field(default_factory=RateGovernor, compare=False)
     extra_headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
     gateway: CloudflareGateway | None = None
+    credential: str = ""
+    """Where the credential came from, as error hints name it (a variable or an argument)."""
 
     def headers(
         self, call: Mapping[str, str] | None = None, *, cache: bool = True
@@ -82,7 +84,11 @@ class Endpoint:
     def status_error(self, response: httpx.Response) -> LlamaVisionError:
         """Return the typed error of an HTTP error reply (its body read)."""
         return self.codec.error_from(
-            response.status_code, response.headers, response.content, model=self.model
+            response.status_code,
+            response.headers,
+            response.content,
+            model=self.model,
+            credential=self.credential or None,
         )
 
     def connection_error(self, exc: Exception) -> APIConnectionError:
@@ -159,6 +165,7 @@ def make_endpoint(
         governor=governor or RateGovernor(),
         extra_headers=headers,
         gateway=gateway,
+        credential=codec.KEY_ENV if api_key is None else "the api_key you passed",
     )
 
 

@@ -146,8 +146,13 @@ def image_source(
 ) -> ImageSource:
     """Pick the image source out of a framework's image block fields (first one set wins).
 
+    A ``url`` must be an http(s) or a ``data:`` URL: a url field is never read from this
+    machine's disk, since where URLs come from users (a chat app taking image links) that would
+    let anyone have any image on the server described. Local files come in as ``path``.
+
     Raises:
-        ImageError: no field is set, or ``base64_data`` is not valid base64.
+        ImageError: no field is set, ``base64_data`` is not valid base64, or ``url`` is not
+            an http(s) or data URL.
 
     """
     if data:
@@ -160,6 +165,14 @@ def image_source(
         except (binascii.Error, ValueError) as exc:
             raise ImageError(f"Image block holds invalid base64: {exc}.") from exc
     if url:
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme not in ("http", "https", "data"):
+            raise ImageError(
+                f"The image url {url[:80]!r} is not an http(s) or data: URL. A url is never "
+                "read from this machine's disk; to send a local file, pass its path: "
+                "local_image_block(path) in LangChain, ImageBlock(path=...) in LlamaIndex, "
+                "Message.user(text, image=path) in the core."
+            )
         return url
     if path:
         return Path(path)
@@ -186,7 +199,7 @@ def _describe(data: bytes) -> str:
 
 def _too_large(size: int, limit: int, origin: str) -> ImageError:
     return ImageError(
-        f"Image {origin} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit. "
+        f"Image {origin} is {size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB limit. "
         "Shrink it first, or raise ImageOptions.max_input_bytes."
     )
 

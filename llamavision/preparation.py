@@ -188,8 +188,10 @@ class ImagePreparer:
             raise ImageError(
                 f"This conversation holds {count} images, but Llama 3.2 Vision is trained for "
                 "one image per conversation. Send one image, or pass multi_image='latest' to "
-                "keep only the last one, or multi_image='grid' to compose them into one "
-                "labelled grid (for comparisons)."
+                "keep only the last one (what a multi-turn agent wants), or multi_image='grid' "
+                "to compose them into one labelled grid (for comparisons). Images from a "
+                "retriever: retrieve one (LlamaIndex: similarity_top_k=1 and "
+                "image_similarity_top_k=1; LangChain: k=1) or use multi_image='grid'."
             )
         if self.multi_image == "latest":
             return self.apply_policy(tuple(messages), None)

@@ -63,6 +63,12 @@ class Emulator:
     may queue exact replies (:meth:`script`) and faults (:meth:`fail`), and read back what was
     received (:attr:`requests`).
 
+    Unscripted, it calls a tool when ``tool_choice`` names it, or (``"required"``, ``"auto"``)
+    when the last user message mentions the tool's name or a word of it (``"required"``
+    falls back to the first tool), with placeholder arguments that validate against the
+    tool's schema (required fields only); a ``json_schema`` response format gets a
+    placeholder object of that schema. See the README's emulator section.
+
     Args:
         aigateway_key: the only AI Gateway key accepted.
         cloudflare_token: the only Cloudflare token accepted.

@@ -185,8 +185,13 @@ class Codec(Protocol):
         content: bytes,
         *,
         model: str | None = None,
+        credential: str | None = None,
     ) -> LlamaVisionError:
-        """Map an HTTP error reply to a typed exception; ``model`` is named in hints."""
+        """Map an HTTP error reply to a typed exception.
+
+        ``model`` is named in hints, and ``credential`` (what the client was given: an
+        argument, or the environment variable) in hints about the key.
+        """
 
     def license_agreement(self, model: str) -> tuple[str, dict[str, Any]] | None:
         """Return the request that accepts the model's license, if the provider has one."""

@@ -379,10 +379,17 @@ def _tool_call_chunk(position: int, call: Any, announced: dict[int, list[bool]])
 
 
 def error_from(
-    status: int, headers: Mapping[str, str], content: bytes, *, model: str | None = None
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    model: str | None = None,
+    credential: str | None = None,
 ) -> LlamaVisionError:
     """Map an HTTP error reply to a typed exception."""
-    return error_from_body(status, headers, decode_error_body(content), model=model)
+    return error_from_body(
+        status, headers, decode_error_body(content), model=model, credential=credential
+    )
 
 
 def error_from_body(
@@ -392,6 +399,7 @@ def error_from_body(
     *,
     streaming: bool = False,
     model: str | None = None,
+    credential: str | None = None,
 ) -> LlamaVisionError:
     """Map a decoded error body (``{"error": {...}}``) to a typed exception."""
     error = body.get("error") if isinstance(body, Mapping) else None
@@ -409,7 +417,7 @@ def error_from_body(
         status,
         message,
         provider=NAME,
-        key_env=KEY_ENV,
+        key_env=credential or KEY_ENV,
         code=code,
         request_id=headers.get(REQUEST_ID_HEADER),
         retry_after=parse_retry_after(headers.get("retry-after")),

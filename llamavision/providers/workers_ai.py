@@ -420,10 +420,17 @@ def stream_parser(*, max_tokens: int | None = None) -> StreamParser:
 
 
 def error_from(
-    status: int, headers: Mapping[str, str], content: bytes, *, model: str | None = None
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    model: str | None = None,
+    credential: str | None = None,
 ) -> LlamaVisionError:
     """Map an HTTP error reply (the ``{"success": false, "errors": [...]}`` envelope)."""
-    return error_from_body(status, headers, decode_error_body(content), model=model)
+    return error_from_body(
+        status, headers, decode_error_body(content), model=model, credential=credential
+    )
 
 
 def error_from_body(
@@ -433,6 +440,7 @@ def error_from_body(
     *,
     streaming: bool = False,
     model: str | None = None,
+    credential: str | None = None,
 ) -> LlamaVisionError:
     """Map a decoded Workers AI error body to a typed exception, by its code, then status."""
     errors = body.get("errors") if isinstance(body, Mapping) else None
@@ -446,7 +454,7 @@ def error_from_body(
         )
     elif isinstance(body, Mapping) and isinstance(body.get("error"), (str, Mapping)):
         return openai_compat.error_from_body(
-            status, headers, body, streaming=streaming, model=model
+            status, headers, body, streaming=streaming, model=model, credential=credential
         )
     else:
         code, message = None, (clip(body) if body else "(empty body)")
@@ -468,7 +476,8 @@ def error_from_body(
         message = f"error event in the stream: {message}"
     if code in _AUTH_CODES and status in (400, 401, 403):
         return AuthenticationError(
-            f"{NAME} returned HTTP {status}: {message} Check {KEY_ENV} (a token with Workers AI "
+            f"{NAME} returned HTTP {status}: {message} Check {credential or KEY_ENV} (a token "
+            "with Workers AI "
             f"permission) and {ACCOUNT_ENV}, and through Cloudflare AI Gateway the gateway's "
             f"token ({GATEWAY_TOKEN_ENV}).",
             provider=NAME,
@@ -480,7 +489,7 @@ def error_from_body(
         status,
         message,
         provider=NAME,
-        key_env=f"{KEY_ENV} and {ACCOUNT_ENV}",
+        key_env=f"{credential or KEY_ENV} and {ACCOUNT_ENV}",
         code=code,
         request_id=request_id,
         retry_after=parse_retry_after(headers.get("retry-after")),

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image as PILImage
 
 from llamavision import ImageError, ImageOptions, RemoteImage, ResolvedImage, resolve_image
-from llamavision.images import compose_grid
+from llamavision.images import compose_grid, image_source
 
 
 def encode(img: PILImage.Image, fmt: str, **kw: object) -> bytes:
@@ -174,3 +174,10 @@ def test_grid_composes_labelled_images_within_budget() -> None:
     assert right[2] > 200 and right[0] < 60  # type: ignore[index]
     label_strip = img.crop((0, 0, grid.width // 2, 24)).convert("L")
     assert label_strip.getextrema()[0] < 100  # dark label text is drawn above each image
+
+
+@pytest.mark.parametrize("url", ["/etc/hosts", "file:///etc/hosts", "C:\\photo.jpg", "ftp://x/y"])
+def test_a_url_field_is_never_read_from_the_disk(url: str) -> None:
+    with pytest.raises(ImageError, match="never read from this machine's disk"):
+        image_source(url=url)
+    assert image_source(url="https://example.com/a.png") == "https://example.com/a.png"

@@ -330,3 +330,16 @@ def test_emulated_workers_ai_cuts_at_its_default_256_tokens_and_we_never_rely_on
     assert "finish_reason" not in raw  # nothing on the wire says it was cut
     result = make("cloudflare").chat("Talk.")
     assert len(result.text.split()) == 300 and result.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_an_authentication_error_names_the_credential_in_use(
+    emulator: Emulator, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(AuthenticationError, match="the api_key you passed") as passed:
+        LlamaVisionClient(provider, api_key="wrong-key", max_retries=0).chat("hi")
+    env = "AIGATEWAY_API_KEY" if provider == "aigateway" else "CLOUDFLARE_API_TOKEN"
+    assert env not in str(passed.value)
+    monkeypatch.setenv(env, "wrong-key-from-env")
+    with pytest.raises(AuthenticationError, match=env):
+        LlamaVisionClient(provider, max_retries=0).chat("hi")

@@ -425,3 +425,30 @@ def test_a_streamed_message_has_the_request_id_as_invoke_does(llm: ChatLlamaVisi
     assert merged is not None
     for message in (invoked, merged):
         assert message.id and message.id == message.response_metadata["request_id"]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "image", "url": str(SAMPLES / "red-square.png")},
+        {"type": "image_url", "image_url": {"url": str(SAMPLES / "red-square.png")}},
+        {"type": "image", "url": (SAMPLES / "red-square.png").as_uri()},
+    ],
+    ids=["image-url-path", "openai-image-url-path", "file-uri"],
+)
+def test_a_local_path_in_a_url_field_is_refused(
+    llm: ChatLlamaVision, emulator: Emulator, block: dict[str, Any]
+) -> None:
+    message = HumanMessage(content=[{"type": "text", "text": "What is it?"}, block])
+    with pytest.raises(ImageError, match="local_image_block"):
+        llm.invoke([message])
+    assert emulator.counters["received"] == 0
+
+
+def test_a_local_file_is_sent_with_local_image_block(llm: ChatLlamaVision) -> None:
+    from langchain_llamavision import local_image_block
+
+    block = local_image_block(SAMPLES / "red-square.png")
+    assert block["type"] == "image" and block["mime_type"] == "image/png"
+    message = HumanMessage(content_blocks=[{"type": "text", "text": "What is it?"}, block])
+    assert "red" in llm.invoke([message]).text

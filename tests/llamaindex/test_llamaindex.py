@@ -7,6 +7,7 @@ import base64
 import inspect
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -564,3 +565,31 @@ def test_serialised_models_leave_secrets_out_and_read_them_again(
 def test_a_masked_key_is_never_sent() -> None:
     with pytest.raises(ConfigurationError, match="mask"):
         LlamaVisionClient(api_key="**********")
+
+
+def test_a_file_url_in_an_image_block_is_refused(llm: LlamaVision, emulator: Emulator) -> None:
+    block = ImageBlock(url=(SAMPLES / "sunset.jpg").as_uri())
+    with pytest.raises(ImageError, match=re.escape("ImageBlock(path=...)")):
+        llm.chat(red_square_message(block))
+    assert emulator.counters["received"] == 0
+
+
+def test_a_query_engine_works_as_first_written(emulator: Emulator) -> None:
+    from llama_index.core.indices import MultiModalVectorStoreIndex
+    from llama_index.core.schema import ImageNode
+
+    embed = ColourEmbedding()
+    nodes = [
+        ImageNode(image_path=str(SAMPLES / "red-square.png"), text="a red square"),
+        ImageNode(image_path=str(SAMPLES / "blue-circle.jpg"), text="a blue circle"),
+        ImageNode(image_path=str(SAMPLES / "sunset.jpg"), text="an orange sunset"),
+    ]
+    index = MultiModalVectorStoreIndex(nodes, embed_model=embed, image_embed_model=embed)
+    engine = index.as_query_engine(llm=LlamaVisionMultiModal())  # the defaults: several images
+    response = engine.query("Which picture shows a blue shape?")
+    assert response.metadata is not None and len(response.metadata["image_nodes"]) > 1
+    assert len(emulator.requests[-1].images) == 1  # composed into one labelled grid
+    assert "synthetic answer" in str(response)
+    strict = index.as_query_engine(llm=LlamaVisionMultiModal(multi_image="error"))
+    with pytest.raises(ImageError, match="similarity_top_k=1 and image_similarity_top_k=1"):
+        strict.query("Which picture shows a blue shape?")
