@@ -163,7 +163,9 @@ def to_ai_message(result: core.ChatResult) -> AIMessage:
 def to_chunk(delta: core.StreamDelta) -> AIMessageChunk:
     """Translate one stream delta into an ``AIMessageChunk`` (the last carries metadata)."""
     chunks = [
-        tool_call_chunk(name=c.name, args=c.arguments, id=c.id, index=c.index)
+        # index 0 is the text's: with output_version="v1", LangChain merges content blocks by
+        # index, and a call sharing the text's would be folded into the text block
+        tool_call_chunk(name=c.name, args=c.arguments, id=c.id, index=c.index + 1)
         for c in delta.tool_call_chunks
     ]
     if delta.finish_reason is None:

@@ -197,7 +197,7 @@ def test_key_never_shows_in_repr_or_errors() -> None:
     assert "sk-test-secret" not in repr(client.endpoints)
     with pytest.raises(AuthenticationError) as info:
         client.chat("hi")
-    assert "sk-test-secret" not in str(info.value) and "AIGATEWAY_API_KEY" in str(info.value)
+    assert "sk-test-secret" not in str(info.value) and "the api_key you passed" in str(info.value)
 
 
 def echo(status: int, provider: str, *, stream: bool = False) -> Reply:

@@ -25,7 +25,7 @@ from llamavision import (
     LicenseAgreementRequiredError,
     StreamInterruptedError,
 )
-from llamavision.emulator import Emulator, EmulatorServer, Fault
+from llamavision.emulator import Emulator, EmulatorServer, Fault, Reply
 from tests.recorded import (
     LLAMA_CPP_PYTHON_TOOL_STREAM,
     LLAMA_SERVER_TOOL_STREAM,
@@ -452,3 +452,22 @@ def test_a_local_file_is_sent_with_local_image_block(llm: ChatLlamaVision) -> No
     assert block["type"] == "image" and block["mime_type"] == "image/png"
     message = HumanMessage(content_blocks=[{"type": "text", "text": "What is it?"}, block])
     assert "red" in llm.invoke([message]).text
+
+
+@pytest.mark.parametrize("version", ["v0", "v1"])
+def test_text_then_a_tool_call_stream_into_two_blocks(emulator: Emulator, version: str) -> None:
+    """A model that says a little (```json) before its call: LangChain merges v1 blocks by
+    index, so the call must not share the text's index or it is folded into the text."""
+
+    @tool
+    def magic(x: int) -> int:
+        """Return a magic number."""
+        return x
+
+    emulator.script(Reply(text="```json\n", tool_calls=[("magic", {"x": 3})]))
+    llm = ChatLlamaVision(output_version=version).bind_tools([magic])
+    merged: Any = None
+    for chunk in llm.stream("use magic"):
+        merged = chunk if merged is None else merged + chunk
+    assert [b["type"] for b in merged.content_blocks] == ["text", "tool_call"]
+    assert merged.tool_calls[0]["args"] == {"x": 3}
