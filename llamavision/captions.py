@@ -101,25 +101,29 @@ class CaptionSummary:
 def find_images(
     pattern: str | Path,
     *,
+    recursive: bool = False,
     follow_symlinks: bool = False,
     on_skip: Callable[[Path, str], None] | None = None,
 ) -> list[Path]:
-    """List the images of a folder (by extension), or the files a glob pattern matches.
+    """List the images (by extension) of a folder, or among the files a glob pattern matches.
 
-    A symbolic link that leads out of the folder (or out of the pattern's fixed leading
-    folders) is skipped, and reported to ``on_skip`` with the reason, unless
-    ``follow_symlinks`` is set: a shared folder must not send files from elsewhere.
+    A folder is read without its sub-folders unless ``recursive`` is set (a glob says for
+    itself, with ``**``). Only image files are listed (:data:`IMAGE_SUFFIXES`), whichever
+    way they were chosen. A symbolic link that leads out of the folder (or out of the
+    pattern's fixed leading folders) is skipped, and reported to ``on_skip`` with the reason,
+    unless ``follow_symlinks`` is set: a shared folder must not send files from elsewhere.
     """
     path = Path(pattern)
     if path.is_dir():
         base = path
-        files = (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files: Iterable[Path] = path.rglob("*") if recursive else path.iterdir()
     else:
         base = Path(*(_fixed_parts(str(pattern)) or ["."]))
         files = (Path(p) for p in glob.glob(str(pattern), recursive=True))
     root = base.resolve()
     found = []
-    for file in sorted(p for p in files if p.is_file()):
+    images = (p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    for file in sorted(images):
         if file.is_symlink() and not follow_symlinks and not file.resolve().is_relative_to(root):
             if on_skip is not None:
                 on_skip(file, f"a symbolic link out of {base}")

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -90,29 +93,49 @@ def _ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 class Progress:
-    """A one-line progress bar with rate and ETA on a terminal (silent otherwise)."""
+    """Progress of a caption run: a redrawn bar on a terminal, plain lines otherwise.
 
-    def __init__(self, stream: TextIO, width: int = 28) -> None:
+    Without a terminal (cron, nohup, a container log), one line every ``every`` seconds says
+    what is done, failed, the rate, the ETA and the 429s, so that a log shows the run moving.
+    """
+
+    def __init__(self, stream: TextIO, width: int = 28, every: float = 30.0) -> None:
         self.stream = stream
         self.width = width
+        self.every = every
         self.enabled = stream.isatty()
         self.latest = CaptionSummary()
+        self._last_line = -math.inf
+        self._reported = -1
 
     def __call__(self, summary: CaptionSummary, total: int) -> None:
-        """Redraw after one more image."""
+        """Report after one more image."""
         self.latest = summary
-        if not self.enabled or not total:
+        if not total:
             return
         sent = summary.captioned + len(summary.failures)
         finished = sent + summary.skipped
         rate = sent / summary.seconds if summary.seconds else 0.0
         eta = (total - finished) / rate if rate else 0.0
-        filled = int(self.width * finished / total)
-        self.stream.write(
-            f"\r[{'#' * filled}{'-' * (self.width - filled)}] {finished}/{total} "
-            f"{rate:.1f} img/s ETA {eta:.0f}s "
-        )
-        self.stream.flush()
+        if self.enabled:
+            filled = int(self.width * finished / total)
+            self.stream.write(
+                f"\r[{'#' * filled}{'-' * (self.width - filled)}] {finished}/{total} "
+                f"{rate:.1f} img/s ETA {eta:.0f}s "
+            )
+            self.stream.flush()
+            return
+        now = time.monotonic()
+        due = now - self._last_line >= self.every or finished == total
+        if due and finished != self._reported:
+            self._last_line, self._reported = now, finished
+            print(
+                f"progress: {finished}/{total} ({summary.captioned} captioned, "
+                f"{summary.skipped} already done, {len(summary.failures)} failed), "
+                f"{rate:.1f} img/s, ETA {eta:.0f}s, {summary.rate_limited} answered 429",
+                file=self.stream,
+                flush=True,
+            )
 
 
 def _report(summary: CaptionSummary, out_path: str, err: TextIO, newline: bool) -> None:
@@ -144,46 +167,87 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+EXIT_CODES = """exit status:
+  0    every image captioned, or already done
+  1    stopped: an error every image would meet (credentials, quota, licence), or bad input
+  2    no images found
+  3    finished, with images that failed (listed; the next run tries them again)
+  130  interrupted (Ctrl+C); 143: terminated (SIGTERM). Finished captions are kept."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl+C is: finished captions kept, the summary printed."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[bool]]:
+    """Handle SIGTERM (what schedulers and Kubernetes send) as an interruption."""
+    terminated: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield terminated
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        terminated.append(True)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            raise _Terminated
+        signal.raise_signal(signal.SIGINT)  # the event loop stops as on Ctrl+C
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     skipped: list[str] = []
     images = find_images(
         args.images,
+        recursive=args.recursive,
         follow_symlinks=args.follow_symlinks,
         on_skip=lambda path, why: skipped.append(f"  skipped: {printable(str(path))}: {why}"),
     )
     for line in skipped:
         print(f"{line} (--follow-symlinks to include it)", file=err)
     if not images:
-        print(f"llamavision: no images found in {printable(args.images)}", file=err)
+        hint = "" if args.recursive else " (--recursive to look into sub-folders)"
+        print(f"llamavision: no images found in {printable(args.images)}{hint}", file=err)
         return 2
-    progress = Progress(err)
     try:
-        if args.ray:
-            summary = _caption_on_ray(args, images, progress, err)
-        else:
-            with _client(args) as client:
-                summary = asyncio.run(
-                    caption_images(
-                        images,
-                        args.out,
-                        client,
-                        prompt=args.prompt,
-                        concurrency=args.concurrency,
-                        max_tokens=args.max_tokens,
-                        on_progress=progress,
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"llamavision: cannot create the folder of --out {args.out}: {exc}", file=err)
+        return 1
+    progress = Progress(err, every=args.progress_every)
+    with _sigterm_as_interrupt() as terminated:
+        try:
+            if args.ray:
+                summary = _caption_on_ray(args, images, progress, err)
+            else:
+                with _client(args) as client:
+                    summary = asyncio.run(
+                        caption_images(
+                            images,
+                            args.out,
+                            client,
+                            prompt=args.prompt,
+                            concurrency=args.concurrency,
+                            max_tokens=args.max_tokens,
+                            on_progress=progress,
+                        )
                     )
-                )
-    except KeyboardInterrupt:
-        summary = progress.latest
-        summary.interrupted = True
+        except KeyboardInterrupt:
+            summary = progress.latest
+            summary.interrupted = True
     _report(summary, args.out, err, progress.enabled)
     if args.json:
         out.write(json.dumps(summary.as_dict(), indent=2) + "\n")
     if summary.interrupted:
-        return 130
+        return 143 if terminated else 130
     if summary.stopped is not None:
         return 1
-    return 1 if summary.failures and not summary.captioned and not summary.skipped else 0
+    return 3 if summary.failures else 0
 
 
 def _caption_on_ray(
@@ -253,9 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(ask)
 
-    cap = sub.add_parser("caption", help="caption a folder or glob of images into JSONL")
+    cap = sub.add_parser(
+        "caption",
+        help="caption a folder or glob of images into JSONL",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cap.add_argument("images", help="a folder, or a glob such as 'photos/**/*.jpg'")
-    cap.add_argument("--out", default="captions.jsonl")
+    cap.add_argument(
+        "--out",
+        default="captions.jsonl",
+        help="the captions file (JSON lines; created with its folder; a rerun resumes it)",
+    )
+    cap.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also caption the images in sub-folders of a folder (a glob says it with **)",
+    )
+    cap.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="without a terminal, print a progress line this often (default 30)",
+    )
     cap.add_argument(
         "--concurrency",
         type=int,
@@ -269,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="stay under N requests per minute (e.g. 300, Workers AI's published limit); "
         "by default the limit is learned from 429 answers",
     )
-    cap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    cap.add_argument(
+        "--prompt", default=DEFAULT_PROMPT, help="the instruction sent with each image"
+    )
     cap.add_argument(
         "--follow-symlinks",
         action="store_true",

@@ -82,7 +82,7 @@ def test_caption_writes_jsonl_ready_for_rag_and_skips_bad_images(
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "captions.jsonl"
     code, _, err = run("caption", str(folder), "--out", str(out), "--concurrency", "3")
-    assert code == 0
+    assert code == 3  # finished, with a failed image
     records = [r for r in load_captions(out) if not r.get("error")]
     assert sorted(Path(r["image_path"]).name for r in records) == [
         "blue-circle.jpg",
@@ -98,7 +98,7 @@ def test_caption_writes_jsonl_ready_for_rag_and_skips_bad_images(
     assert Path(error["image_path"]).name == "broken.jpg" and "cannot be decoded" in error["error"]
 
     code, _, err = run("caption", str(folder), "--out", str(out))
-    assert "0 captioned, 4 already done, 1 failed" in err  # the error row was tried again
+    assert code == 3 and "0 captioned, 4 already done, 1 failed" in err  # tried again
     assert len([r for r in load_captions(out) if not r.get("error")]) == 4
 
 
@@ -115,8 +115,11 @@ def test_caption_glob(emulator: Emulator, tmp_path: Path) -> None:
     assert code == 0 and "2 captioned" in err
 
 
+@pytest.mark.parametrize(
+    ("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
 def test_interrupted_caption_resumes_without_redoing_or_losing_work(
-    emulator: Emulator, folder: Path, tmp_path: Path
+    emulator: Emulator, folder: Path, tmp_path: Path, stop: signal.Signals, status: int
 ) -> None:
     for i in range(6):
         PILImage.new("RGB", (50, 50), (i * 40, 0, 0)).save(folder / f"extra-{i}.png")
@@ -146,12 +149,12 @@ def test_interrupted_caption_resumes_without_redoing_or_losing_work(
     try:
         # With one worker, two captions are written before the third request is sent.
         assert emulator.wait_for_requests(3), "the caption run never sent its third request"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)  # SIGTERM: what schedulers and Kubernetes send
         _, err = proc.communicate(timeout=60)
     finally:
         release.set()
         proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     assert "interrupted" in err and "Run the same command again" in err
     first = load_captions(out)
     assert len(first) == 2
@@ -195,3 +198,38 @@ def test_scripted_reply_reaches_the_terminal(emulator: Emulator) -> None:
     emulator.script(Reply(text="A red square on white."))
     code, out, _ = run("ask", str(SAMPLES / "red-square.png"), "What is it?")
     assert code == 0 and out.strip() == "A red square on white."
+
+
+def test_progress_lines_reach_a_log_without_a_terminal(
+    emulator: Emulator, folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "c.jsonl"
+    code, _, err = run("caption", str(folder), "--out", str(out), "--progress-every", "0")
+    lines = [line for line in err.splitlines() if line.startswith("progress: ")]
+    assert code == 0 and len(lines) == 4, err  # one per image here; every 30 s by default
+    assert lines[-1].startswith("progress: 4/4 (4 captioned, 0 already done, 0 failed)")
+    assert "img/s, ETA" in lines[-1] and "answered 429" in lines[-1]
+
+
+def test_one_file_selection_and_an_output_folder_made(
+    emulator: Emulator, folder: Path, tmp_path: Path
+) -> None:
+    (folder / "sub").mkdir()
+    PILImage.new("RGB", (40, 40), (0, 90, 0)).save(folder / "sub" / "green.png")
+    (folder / "readme.txt").write_text("not an image")
+    out = tmp_path / "new" / "folder" / "c.jsonl"
+    code, _, err = run("caption", str(folder), "--out", str(out))
+    assert code == 0 and "4 captioned" in err  # the folder's own images; no readme.txt
+    code, _, err = run("caption", str(folder), "--out", str(out), "--recursive")
+    assert code == 0 and "1 captioned, 4 already done" in err  # sub/green.png too now
+    assert "green.png" in {Path(r["image_path"]).name for r in load_captions(out)}
+    assert not [r for r in load_captions(out) if r["image_path"].endswith(".txt")]
+    glob_code, _, err = run("caption", str(folder / "*"), "--out", str(tmp_path / "g.jsonl"))
+    assert glob_code == 0 and "4 captioned" in err  # a glob matching readme.txt sends no text
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["caption", "--help"])
+    help_text = capsys.readouterr().out
+    assert "exit status" in help_text and "143" in help_text and "--recursive" in help_text

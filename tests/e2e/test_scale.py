@@ -159,7 +159,7 @@ def test_per_image_errors_stay_per_image(emulator: Emulator, tmp_path: Path) -> 
     (tmp_path / "images" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     emulator.fail(Fault("status", status=400, message="image rejected"))
     code, _, err = run_cli("caption", str(tmp_path / "images"), "--out", str(tmp_path / "c"))
-    assert code == 0 and "2 captioned" in err and "2 failed" in err
+    assert code == 3 and "2 captioned" in err and "2 failed" in err
     assert len(paths) == 3
 
 
