@@ -7,6 +7,10 @@ an interrupted run loses nothing and a re-run only does what is left. Each line 
 ``{"image_path", "sha256", "caption", "provider", "model", "finish_reason", "prompt_tokens",
 "completion_tokens", "cost_usd"}``: ``caption`` is the text to index, the rest is metadata.
 
+Duplicate bytes are captioned once: every other path holding them gets a record of its own
+that copies the caption (``copy_of`` names the captioned path; ``cost_usd`` is 0), so that
+each path is a document of the index, as loaders and vector stores expect.
+
 Rate limits are the client's business (its governor pauses every worker on a 429 and paces
 them); an error that every later image would meet too (quota, credentials, licence, unknown
 model) stops the run at once, keeping what is done.
@@ -27,6 +31,8 @@ from typing import Any
 from llamavision.captions_file import (
     CaptionsWriter,
     iter_captions,
+    iter_captions_at,
+    read_at,
     resolve_image_path,
     stored_path,
 )
@@ -34,6 +40,7 @@ from llamavision.client import LlamaVisionClient
 from llamavision.errors import ImageError, LlamaVisionError
 from llamavision.images import ImageOptions, read_file
 from llamavision.messages import ChatResult, Message
+from llamavision.ratelimit import RateStats
 
 logger = logging.getLogger("llamavision")
 
@@ -42,6 +49,9 @@ DEFAULT_PROMPT = (
     "subjects, colours, setting, any text, and the overall scene."
 )
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+DEFAULT_CONCURRENCY = 8
+"""Images in flight at once, by default: in a run on one machine, and per actor on Ray. The
+client's governor lowers it on 429 answers; ``--rate-limit`` paces it."""
 
 
 @dataclass
@@ -50,14 +60,22 @@ class CaptionSummary:
 
     Attributes:
         captioned: images captioned by this run.
-        skipped: images already in the output (same bytes), not sent again.
+        skipped: images already in the output (same bytes, same path), not sent again.
+        copied: images whose bytes were captioned under another path: their record copies
+            that caption, with no request.
         failures: image path -> why it failed (unreadable, rejected...).
         prompt_tokens: input tokens used by this run.
         completion_tokens: output tokens used by this run.
         cost: USD spent by this run, from the client's prices.
         seconds: wall-clock duration.
+        requests: requests sent to the provider (retries included).
         rate_limited: requests answered HTTP 429 (each was retried).
-        rate_wait: seconds during which requests were held back for rate limits.
+        rate_wait: seconds during which requests were held back by a provider's
+            ``Retry-After``.
+        paced: seconds during which requests were held back to keep a pace (``rate_limit``,
+            or the one learned from 429 answers): time planned, not lost.
+        outage_wait: seconds during which requests were held back because the provider
+            seemed down (the circuit breaker was open).
         interrupted: the run was interrupted (Ctrl+C); run it again to finish.
         stopped: the account-level error that ended the run early, if any.
 
@@ -65,34 +83,51 @@ class CaptionSummary:
 
     captioned: int = 0
     skipped: int = 0
+    copied: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
     seconds: float = 0.0
+    requests: int = 0
     rate_limited: int = 0
     rate_wait: float = 0.0
+    paced: float = 0.0
+    outage_wait: float = 0.0
     interrupted: bool = False
     stopped: LlamaVisionError | None = None
 
     @property
     def total(self) -> int:
-        """Images considered: captioned now, already done, or failed."""
-        return self.captioned + self.skipped + len(self.failures)
+        """Images considered: captioned now, already done, copied, or failed."""
+        return self.captioned + self.skipped + self.copied + len(self.failures)
+
+    def count_rates(self, stats: RateStats, before: RateStats | None = None) -> None:
+        """Take the rate-limiting figures from a governor's stats (minus ``before``)."""
+        before = before or RateStats()
+        self.requests = stats.requests - before.requests
+        self.rate_limited = stats.rate_limited - before.rate_limited
+        self.rate_wait = stats.paused - before.paused
+        self.paced = stats.paced - before.paced
+        self.outage_wait = stats.outage - before.outage
 
     def as_dict(self) -> dict[str, Any]:
         """Return the summary as plain JSON-ready data."""
         return {
             "captioned": self.captioned,
             "skipped": self.skipped,
+            "copied": self.copied,
             "failed": len(self.failures),
             "failures": dict(self.failures),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost,
             "seconds": self.seconds,
+            "requests": self.requests,
             "rate_limited": self.rate_limited,
-            "rate_wait_seconds": self.rate_wait,
+            "rate_limit_wait_seconds": self.rate_wait,
+            "paced_seconds": self.paced,
+            "outage_wait_seconds": self.outage_wait,
             "interrupted": self.interrupted,
             "stopped": None if self.stopped is None else str(self.stopped),
         }
@@ -140,15 +175,6 @@ def _fixed_parts(pattern: str) -> list[str]:
             break
         parts.append(part)
     return parts
-
-
-def captioned_digests(out: str | Path) -> set[str]:
-    """Return the SHA-256 of every image captioned in ``out`` (error rows are tried again)."""
-    return {
-        r["sha256"]
-        for r in iter_captions(out)
-        if isinstance(r.get("sha256"), str) and not r.get("error")
-    }
 
 
 def load_captions(out: str | Path) -> list[dict[str, Any]]:
@@ -247,21 +273,74 @@ def error_record(path: str | Path, digest: str | None, why: str, out: str | Path
     return {"image_path": stored_path(path, out), "sha256": digest, "error": why}
 
 
-def append_failure(
-    sink: CaptionsWriter, record: dict[str, Any], summary: CaptionSummary, shown: str
-) -> None:
-    """Append an error row (flushed) and count it in the summary under ``shown``."""
-    sink.write(record)
-    summary.failures[shown] = record["error"]
+class Ledger:
+    """The captions file of one run, what it already holds, and the run's summary.
 
+    Knows, for each image, whether its path already has a record (skip it), whether its bytes
+    were captioned under another path (copy that caption, :meth:`copy`), or neither (caption
+    it). Holds the byte offset of each caption record, not the caption, so that memory stays
+    small for millions of records.
 
-def append_record(sink: CaptionsWriter, record: dict[str, Any], summary: CaptionSummary) -> None:
-    """Append one caption record to the output (flushed: nothing finished is lost) and count it."""
-    sink.write(record)
-    summary.captioned += 1
-    summary.prompt_tokens += record["prompt_tokens"] or 0
-    summary.completion_tokens += record["completion_tokens"] or 0
-    summary.cost += record["cost_usd"] or 0.0
+    Args:
+        sink: the open writer of the captions file.
+        summary: the summary to count into.
+
+    """
+
+    def __init__(self, sink: CaptionsWriter, summary: CaptionSummary) -> None:
+        self.sink = sink
+        self.out = sink.path
+        self.summary = summary
+        self.captions: dict[str, int] = {}  # sha256 -> offset of its first caption record
+        self.recorded: set[int] = set()  # hash((image_path, sha256)) of every caption record
+        for offset, record in iter_captions_at(self.out):
+            digest, stored = record.get("sha256"), record.get("image_path")
+            if isinstance(digest, str) and not record.get("error"):
+                self.captions.setdefault(digest, offset)
+                self.recorded.add(hash((stored, digest)))
+
+    def has_record(self, path: str | Path, digest: str) -> bool:
+        """Whether ``path`` has a caption record for these bytes already."""
+        return hash((stored_path(path, self.out), digest)) in self.recorded
+
+    def is_captioned(self, digest: str) -> bool:
+        """Whether these bytes have a caption in the file, under any path."""
+        return digest in self.captions
+
+    def _append(self, record: dict[str, Any]) -> None:
+        offset = self.sink.write(record)
+        digest = record["sha256"]
+        self.captions.setdefault(digest, offset)
+        self.recorded.add(hash((record["image_path"], digest)))
+
+    def caption(self, record: dict[str, Any]) -> None:
+        """Append a caption record (flushed: nothing finished is lost) and count it."""
+        self._append(record)
+        summary = self.summary
+        summary.captioned += 1
+        summary.prompt_tokens += record["prompt_tokens"] or 0
+        summary.completion_tokens += record["completion_tokens"] or 0
+        summary.cost += record["cost_usd"] or 0.0
+
+    def copy(self, path: str | Path, digest: str) -> None:
+        """Give ``path`` a record that copies the caption of the same bytes under another path."""
+        original = read_at(self.out, self.captions[digest])
+        self._append(
+            {
+                **original,
+                "image_path": stored_path(path, self.out),
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost_usd": 0.0,
+                "copy_of": original.get("copy_of") or original["image_path"],
+            }
+        )
+        self.summary.copied += 1
+
+    def fail(self, path: str | Path, digest: str | None, why: str) -> None:
+        """Append an error row (a re-run tries the image again) and count it."""
+        self.sink.write(error_record(path, digest, why, self.out))
+        self.summary.failures[str(path)] = why
 
 
 class _Stop(Exception):
@@ -274,16 +353,18 @@ async def caption_images(
     client: LlamaVisionClient,
     *,
     prompt: str = DEFAULT_PROMPT,
-    concurrency: int = 4,
+    concurrency: int = DEFAULT_CONCURRENCY,
     max_tokens: int = 300,
     on_progress: Callable[[CaptionSummary, int], None] | None = None,
 ) -> CaptionSummary:
     """Caption images concurrently, appending one JSON line per finished image.
 
-    Images whose bytes were already captioned in ``out`` are skipped. A failing image is
-    recorded in the summary with its reason and does not stop the run; an account-level
-    error (see :attr:`~llamavision.LlamaVisionError.account_level`) does: the summary's
-    ``stopped`` says why, and running again after the fix resumes.
+    An image whose path already has a record of the same bytes is skipped; one whose bytes
+    were captioned under another path gets a record copying that caption (no request). A
+    failing image is recorded in the summary with its reason and does not stop the run; an
+    account-level error (see :attr:`~llamavision.LlamaVisionError.account_level`) does: the
+    summary's ``stopped`` says why, and running again after the fix resumes. So does a
+    provider that stays down, when the client has a circuit breaker (``outage_after``).
 
     Args:
         images: image paths; any iterable, read lazily (a generator works).
@@ -308,17 +389,14 @@ async def caption_images(
 
     def progress() -> None:
         summary.seconds = time.monotonic() - started
-        stats = client.rate_stats
-        summary.rate_limited = stats.rate_limited - before.rate_limited
-        summary.rate_wait = stats.waited - before.waited
+        summary.count_rates(client.rate_stats, before)
         if on_progress is not None:
             on_progress(summary, total)
 
     with CaptionsWriter(out) as sink:  # one writer: a second run on ``out`` fails here
-        done = captioned_digests(out)
-
-        def failed(path: Path, digest: str | None, why: str) -> None:
-            append_failure(sink, error_record(path, digest, why, out), summary, str(path))
+        ledger = Ledger(sink, summary)
+        pending: dict[str, asyncio.Event] = {}  # bytes being captioned by another worker
+        errors: dict[str, str] = {}  # why bytes failed in this run
 
         async def caption(path: Path, data: bytes, digest: str) -> None:
             try:
@@ -329,26 +407,38 @@ async def caption_images(
                 if exc.account_level:
                     summary.stopped = exc
                     raise _Stop from exc
-                failed(path, digest, exc.message)
+                errors[digest] = exc.message
+                ledger.fail(path, digest, exc.message)
                 return
-            append_record(sink, caption_record(path, digest, result, out), summary)
+            ledger.caption(caption_record(path, digest, result, out))
+
+        async def one(path: Path) -> None:
+            try:
+                data, digest = await asyncio.to_thread(read_image, path, limit)
+            except OSError as exc:
+                ledger.fail(path, None, f"cannot read: {exc.strerror or exc}")
+                return
+            except ImageError as exc:
+                ledger.fail(path, None, exc.message)
+                return
+            if digest in pending:  # the same bytes, being captioned under another path
+                await pending[digest].wait()
+            if ledger.has_record(path, digest):
+                summary.skipped += 1
+            elif ledger.is_captioned(digest):
+                ledger.copy(path, digest)
+            elif digest in errors:
+                ledger.fail(path, digest, errors[digest])
+            else:
+                pending[digest] = asyncio.Event()
+                try:
+                    await caption(path, data, digest)
+                finally:
+                    pending.pop(digest).set()
 
         async def worker() -> None:
             for item in paths:  # one shared iterator: each image goes to one worker
-                path = Path(item)
-                try:
-                    data, digest = await asyncio.to_thread(read_image, path, limit)
-                except OSError as exc:
-                    failed(path, None, f"cannot read: {exc.strerror or exc}")
-                except ImageError as exc:
-                    failed(path, None, exc.message)
-                else:
-                    if digest in done:
-                        summary.skipped += 1
-                    else:
-                        done.add(digest)  # a duplicate file in the same run is captioned once
-                        await caption(path, data, digest)
-                    del data
+                await one(Path(item))
                 progress()
 
         tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]

@@ -93,17 +93,33 @@ def iter_captions(out: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     A missing file yields nothing; a torn line (a hard kill mid-write) is skipped, and its
     image is simply captioned again.
     """
+    for _, record in iter_captions_at(out):
+        yield record
+
+
+def iter_captions_at(out: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(offset, record)`` for each record of a captions file (see :func:`read_at`)."""
     path = Path(out)
     if not path.exists():
         return
-    with path.open(encoding="utf-8", errors="replace") as lines:
+    with path.open("rb") as lines:
+        offset = 0
         for line in lines:
+            start, offset = offset, offset + len(line)
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8", "replace"))
             except json.JSONDecodeError:
                 continue
             if isinstance(record, dict):
-                yield record
+                yield start, record
+
+
+def read_at(out: str | os.PathLike[str], offset: int) -> dict[str, Any]:
+    """Read the record that starts at byte ``offset`` of a captions file."""
+    with Path(out).open("rb") as f:
+        f.seek(offset)
+        record: dict[str, Any] = json.loads(f.readline().decode("utf-8", "replace"))
+        return record
 
 
 def repair_tail(path: Path) -> None:
@@ -151,24 +167,26 @@ class CaptionsWriter:
         self.path = Path(out)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock_fd: int | None = None
-        self._sink: IO[str] | None = None
+        self._sink: IO[bytes] | None = None
 
     def __enter__(self) -> CaptionsWriter:
         self._lock_fd = _take_lock(self.lock_path, self.path)
         try:
             self.path.touch()
             repair_tail(self.path)
-            self._sink = self.path.open("a", encoding="utf-8")
+            self._sink = self.path.open("ab")
         except BaseException:
             self.close()
             raise
         return self
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record and flush it."""
+    def write(self, record: dict[str, Any]) -> int:
+        """Append one record and flush it; return the byte offset where it starts."""
         assert self._sink is not None, "use CaptionsWriter as a context manager"
-        self._sink.write(json_line(record))
+        offset = self._sink.tell()
+        self._sink.write(json_line(record).encode("utf-8"))
         self._sink.flush()
+        return offset
 
     def close(self) -> None:
         """Close the file and release the lock."""

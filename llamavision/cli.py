@@ -14,12 +14,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from llamavision.captions import DEFAULT_PROMPT, CaptionSummary, caption_images, find_images
+from llamavision.captions import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_PROMPT,
+    CaptionSummary,
+    caption_images,
+    find_images,
+)
 from llamavision.client import LlamaVisionClient
 from llamavision.errors import LicenseAgreementRequiredError, LlamaVisionError
 from llamavision.messages import Message, StreamAccumulator
@@ -46,6 +52,8 @@ def _client(args: argparse.Namespace) -> LlamaVisionClient:
         max_retries=args.max_retries,
         max_concurrency=getattr(args, "concurrency", None),
         rate_limit=getattr(args, "rate_limit", None),
+        outage_after=getattr(args, "outage_after", None),
+        outage_limit=getattr(args, "outage_limit", 300.0),
     )
 
 
@@ -93,20 +101,24 @@ def _ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 class Progress:
-    """Progress of a caption run: a redrawn bar on a terminal, plain lines otherwise.
+    """Progress of a caption run: a tqdm bar on a terminal, plain lines otherwise.
 
     Without a terminal (cron, nohup, a container log), one line every ``every`` seconds says
     what is done, failed, the rate, the ETA and the 429s, so that a log shows the run moving.
+    While already-captioned files are being checked, the rate is files checked per second;
+    once images are sent, images captioned per second, counted from the first answer (not
+    from start-up, which on Ray takes a while).
     """
 
-    def __init__(self, stream: TextIO, width: int = 28, every: float = 30.0) -> None:
+    def __init__(self, stream: TextIO, every: float = 30.0) -> None:
         self.stream = stream
-        self.width = width
         self.every = every
         self.enabled = stream.isatty()
         self.latest = CaptionSummary()
+        self._bar: Any = None
         self._last_line = -math.inf
         self._reported = -1
+        self._first: tuple[float, int] | None = None  # (seconds, sent) at the first answer
 
     def __call__(self, summary: CaptionSummary, total: int) -> None:
         """Report after one more image."""
@@ -114,52 +126,102 @@ class Progress:
         if not total:
             return
         sent = summary.captioned + len(summary.failures)
-        finished = sent + summary.skipped
-        rate = sent / summary.seconds if summary.seconds else 0.0
-        eta = (total - finished) / rate if rate else 0.0
+        finished = sent + summary.skipped + summary.copied
+        if self._first is None and sent:
+            self._first = (summary.seconds, sent)
         if self.enabled:
-            filled = int(self.width * finished / total)
-            self.stream.write(
-                f"\r[{'#' * filled}{'-' * (self.width - filled)}] {finished}/{total} "
-                f"{rate:.1f} img/s ETA {eta:.0f}s "
-            )
-            self.stream.flush()
+            self._draw(summary, finished, total)
             return
         now = time.monotonic()
         due = now - self._last_line >= self.every or finished == total
         if due and finished != self._reported:
             self._last_line, self._reported = now, finished
-            print(
-                f"progress: {finished}/{total} ({summary.captioned} captioned, "
-                f"{summary.skipped} already done, {len(summary.failures)} failed), "
-                f"{rate:.1f} img/s, ETA {eta:.0f}s, {summary.rate_limited} answered 429",
-                file=self.stream,
-                flush=True,
+            print(f"progress: {self.line(summary, finished, total)}", file=self.stream, flush=True)
+
+    def line(self, summary: CaptionSummary, finished: int, total: int) -> str:
+        """Return the plain progress line."""
+        sent = summary.captioned + len(summary.failures)
+        counts = (
+            f"{finished}/{total} ({summary.captioned} captioned, {summary.skipped} already done, "
+            f"{summary.copied} copied, {len(summary.failures)} failed)"
+        )
+        if not sent:
+            checked = summary.skipped + summary.copied
+            checking = checked / summary.seconds if summary.seconds else 0.0
+            return f"{counts}, {checking:.0f} files checked/s"
+        rate = self.rate(summary)
+        eta = "--" if rate is None else f"{(total - finished) / rate:.0f}s"
+        speed = "--" if rate is None else f"{rate:.2f}"
+        return f"{counts}, {speed} img/s, ETA {eta}, {summary.rate_limited} answered 429"
+
+    def rate(self, summary: CaptionSummary) -> float | None:
+        """Images answered per second since the first answer; ``None`` before the second."""
+        sent = summary.captioned + len(summary.failures)
+        if self._first is None or sent <= self._first[1]:
+            return None
+        elapsed = summary.seconds - self._first[0]
+        return (sent - self._first[1]) / elapsed if elapsed > 0 else None
+
+    def _draw(self, summary: CaptionSummary, finished: int, total: int) -> None:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        if self._bar is None:
+            self._bar = tqdm(
+                total=total, file=self.stream, unit="img", dynamic_ncols=True, smoothing=0.1
             )
+        bar = self._bar
+        sent = summary.captioned + len(summary.failures)
+        bar.set_description("captioning" if sent else "checking", refresh=False)
+        bar.set_postfix_str(
+            f"{len(summary.failures)} failed, {summary.rate_limited} answered 429", refresh=False
+        )
+        bar.update(finished - bar.n)
+
+    def close(self) -> None:
+        """End the bar (the summary follows on a line of its own)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
-def _report(summary: CaptionSummary, out_path: str, err: TextIO, newline: bool) -> None:
+def _report(summary: CaptionSummary, out_path: str, err: TextIO) -> None:
     state = "stopped" if summary.stopped else "interrupted" if summary.interrupted else "done"
+    waits = [f"{summary.rate_limited} answered 429"]
+    if summary.rate_wait:
+        waits.append(f"{summary.rate_wait:.1f}s paused by Retry-After")
+    if summary.paced:
+        waits.append(f"{summary.paced:.1f}s pacing")
+    if summary.outage_wait:
+        waits.append(f"{summary.outage_wait:.1f}s waiting out an outage")
     print(
-        f"{chr(10) if newline else ''}{state}: {summary.captioned} captioned, "
-        f"{summary.skipped} already done, "
-        f"{len(summary.failures)} failed in {summary.seconds:.1f}s; "
+        f"{state}: {summary.captioned} captioned, {summary.skipped} already done, "
+        + (f"{summary.copied} copied (same bytes as a captioned image), " if summary.copied else "")
+        + f"{len(summary.failures)} failed in {summary.seconds:.1f}s; "
+        f"{summary.requests} requests, "
         f"{summary.prompt_tokens + summary.completion_tokens:,} tokens, ${summary.cost:.6f}; "
-        f"{summary.rate_limited} answered 429, {summary.rate_wait:.1f}s waiting for rate "
-        f"limits. Captions in {out_path}.",
+        f"{', '.join(waits)}. Captions in {out_path}.",
         file=err,
     )
     for path, why in summary.failures.items():
         print(f"  failed: {printable(path)}: {printable(why)}", file=err)
     if summary.stopped is not None:
         print(
-            f"Stopped early, as every later image would fail the same way: {summary.stopped}\n"
+            "Stopped early, as every later image would fail the same way: "
+            f"{for_the_command_line(summary.stopped)}\n"
             "Fix that, then run the same command again: finished captions are kept and only "
             "the rest is done.",
             file=err,
         )
     elif summary.interrupted:
         print("Run the same command again to caption the rest.", file=err)
+
+
+def for_the_command_line(error: LlamaVisionError) -> str:
+    """Return an error's message, naming the command line's flag for a client option."""
+    text = str(error)
+    if isinstance(error, LicenseAgreementRequiredError):
+        text = text.replace("Pass accept_license=True to the client", "Add --accept-license")
+    return text
 
 
 def printable(text: str) -> str:
@@ -172,6 +234,7 @@ EXIT_CODES = """exit status:
   1    stopped: an error every image would meet (credentials, quota, licence), or bad input
   2    no images found
   3    finished, with images that failed (listed; the next run tries them again)
+  1 also when the provider stayed down (see --outage-after): finished captions are kept
   130  interrupted (Ctrl+C); 143: terminated (SIGTERM). Finished captions are kept."""
 
 
@@ -220,10 +283,11 @@ def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"llamavision: cannot create the folder of --out {args.out}: {exc}", file=err)
         return 1
     progress = Progress(err, every=args.progress_every)
+    say = _say(progress, err)
     with _sigterm_as_interrupt() as terminated:
         try:
             if args.ray:
-                summary = _caption_on_ray(args, images, progress, err)
+                summary = _caption_on_ray(args, images, progress, say)
             else:
                 with _client(args) as client:
                     summary = asyncio.run(
@@ -240,7 +304,8 @@ def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except KeyboardInterrupt:
             summary = progress.latest
             summary.interrupted = True
-    _report(summary, args.out, err, progress.enabled)
+    progress.close()
+    _report(summary, args.out, err)
     if args.json:
         out.write(json.dumps(summary.as_dict(), indent=2) + "\n")
     if summary.interrupted:
@@ -250,13 +315,25 @@ def _caption(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 3 if summary.failures else 0
 
 
+def _say(progress: Progress, err: TextIO) -> Callable[[str], None]:
+    """Print a line for the user, clear of the progress bar."""
+
+    def say(line: str) -> None:
+        if progress._bar is not None:
+            progress._bar.write(line, file=err)
+        else:
+            print(line, file=err, flush=True)
+
+    return say
+
+
 def _caption_on_ray(
-    args: argparse.Namespace, images: list[Path], progress: Progress, err: TextIO
+    args: argparse.Namespace, images: list[Path], progress: Progress, say: Callable[[str], None]
 ) -> CaptionSummary:
     from llamavision.ray import caption_files  # without Ray: a MissingExtraError naming it
 
     where = args.ray_address or "a local Ray"
-    print(f"Captioning on Ray ({where}) with {args.ray_actors} actors.", file=err)
+    say(f"Captioning on Ray ({where}) with {args.ray_actors} actors.")
     return caption_files(
         images,
         args.out,
@@ -266,8 +343,11 @@ def _caption_on_ray(
         actors=args.ray_actors,
         concurrency=args.concurrency,
         rate_limit=args.rate_limit,
+        outage_after=args.outage_after,
+        outage_limit=args.outage_limit,
         address=args.ray_address,
         on_progress=progress,
+        say=say,
         accept_license=args.accept_license,
         max_retries=args.max_retries,
     )
@@ -298,14 +378,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--provider", choices=sorted(PROVIDERS), default="aigateway")
+        p.add_argument(
+            "--provider",
+            choices=sorted(PROVIDERS),
+            default="aigateway",
+            help="who serves the model (default aigateway); without its credentials in the "
+            "environment, the bundled emulator answers",
+        )
         p.add_argument(
             "--accept-license",
             action="store_true",
             help="on Cloudflare, accept Meta's Llama 3.2 license if not yet done",
         )
-        p.add_argument("--max-tokens", type=int, default=300)
-        p.add_argument("--max-retries", type=int, default=4)
+        p.add_argument(
+            "--max-tokens", type=int, default=300, help="the longest answer, in tokens (300)"
+        )
+        p.add_argument(
+            "--max-retries",
+            type=int,
+            default=4,
+            help="retries of a request after a 429, a 5xx or a connection error (default 4)",
+        )
 
     ask = sub.add_parser("ask", help="ask a question about one image (streams the answer)")
     ask.add_argument("image", help="path, http(s) URL or data URL")
@@ -344,8 +437,25 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument(
         "--concurrency",
         type=int,
-        default=4,
-        help="images in flight at once (default 4; per actor with --ray)",
+        default=DEFAULT_CONCURRENCY,
+        help=f"images in flight at once (default {DEFAULT_CONCURRENCY}, per actor with --ray; "
+        "lowered on 429 answers)",
+    )
+    cap.add_argument(
+        "--outage-after",
+        type=int,
+        default=5,
+        metavar="N",
+        help="after N connection errors or 5xx answers in a row, the provider is down: send "
+        "nothing but a probe now and then until it is back (default 5)",
+    )
+    cap.add_argument(
+        "--outage-limit",
+        type=_positive,
+        default=300.0,
+        metavar="SECONDS",
+        help="stop the run (exit 1, captions kept) when the provider is still down after "
+        "this long (default 300)",
     )
     cap.add_argument(
         "--rate-limit",
@@ -374,7 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     emu = sub.add_parser("emulator", help="serve the provider emulator in the foreground")
     emu.add_argument("--port", type=int, default=8799, help="0 picks a free port")
-    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the interface to listen on (default 127.0.0.1: this machine only)",
+    )
     emu.add_argument(
         "--no-license-gate",
         action="store_true",
@@ -419,11 +533,8 @@ def main(
     try:
         with provider_environment(args.provider, err):
             return handler(args, out, err)
-    except LicenseAgreementRequiredError as exc:
-        print(f"llamavision: {exc}\n(On the command line: add --accept-license.)", file=err)
-        return 1
     except LlamaVisionError as exc:
-        print(f"llamavision: {exc}", file=err)
+        print(f"llamavision: {for_the_command_line(exc)}", file=err)
         return 1
 
 

@@ -59,7 +59,7 @@ from llamavision.messages import (
     ToolChoice,
 )
 from llamavision.preparation import ImagePreparer, MultiImage
-from llamavision.ratelimit import Governor, RateGovernor, RateStats, Releasable
+from llamavision.ratelimit import CircuitBreaker, Governor, RateGovernor, RateStats, Releasable
 from llamavision.retry import RetryPolicy, Step
 from llamavision.streams import AsyncChatStream, AsyncStreamReader, ChatStream, StreamReader
 
@@ -95,6 +95,11 @@ class LlamaVisionClient:
         rate_limit: requests per minute to stay under, per provider (a token bucket), e.g.
             Workers AI's published 300; ``None`` to learn the limit from 429 answers. Either
             way a 429's ``Retry-After`` pauses every caller of this client.
+        outage_after: open a circuit breaker after this many connection errors or 5xx
+            answers in a row: requests wait while one probe at a time checks whether the
+            provider is back; ``None`` (default) lets each request fail on its own.
+        outage_limit: seconds the open breaker waits for the provider to come back before
+            every request raises :class:`~llamavision.ProviderOutageError`.
         governor: a governor for the primary provider shared beyond this client (such as
             ``llamavision.ray``'s, shared by the actors of a job); replaces
             ``max_concurrency`` and ``rate_limit`` for it.
@@ -152,6 +157,8 @@ class LlamaVisionClient:
         max_retry_wait: float = 60.0,
         max_concurrency: int | None = None,
         rate_limit: float | None = None,
+        outage_after: int | None = None,
+        outage_limit: float = 300.0,
         governor: Governor | None = None,
         fallback_providers: Sequence[str] = (),
         accept_license: bool = False,
@@ -198,6 +205,9 @@ class LlamaVisionClient:
                     max_concurrency=max_concurrency,
                     rate_limit=rate_limit,
                     max_pause=max_retry_wait,
+                    breaker=None
+                    if outage_after is None
+                    else CircuitBreaker(outage_after, give_up_after=outage_limit),
                 )
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
@@ -257,8 +267,7 @@ class LlamaVisionClient:
     @property
     def rate_stats(self) -> RateStats:
         """What rate limiting has cost this client so far, over all its providers."""
-        stats = [ep.governor.stats for ep in self.endpoints]
-        return RateStats(sum(s.rate_limited for s in stats), sum(s.waited for s in stats))
+        return sum((ep.governor.stats for ep in self.endpoints), RateStats())
 
     def __repr__(self) -> str:
         return (

@@ -187,6 +187,16 @@ class APIConnectionError(LlamaVisionError):
     retryable = True
 
 
+class ProviderOutageError(LlamaVisionError):
+    """The provider has been unreachable or failing (5xx) for longer than the client waits.
+
+    Raised by a client with a circuit breaker (``outage_after``) instead of sending more
+    requests; every later request would fail too, so a batch job stops, keeping what is done.
+    """
+
+    account_level = True
+
+
 class MalformedResponseError(LlamaVisionError):
     """The provider's reply could not be understood."""
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from llamavision.errors import LlamaVisionError
+from llamavision.errors import APIConnectionError, LlamaVisionError, ProviderOutageError
 
 PACE_BACKOFF = 0.9
 """After a rate-limit answer, pace at this fraction of the rate the provider allowed."""
@@ -45,14 +45,36 @@ class RateStats:
     """What rate limiting cost so far.
 
     Attributes:
+        requests: requests admitted (retries included).
         rate_limited: requests answered HTTP 429.
-        waited: seconds during which new requests were held back by a ``Retry-After`` pause
-            or by pacing (wall-clock time, not summed over callers).
+        paused: seconds during which new requests were held back by a ``Retry-After`` pause.
+        paced: seconds during which new requests were held back to keep a pace (the
+            ``rate_limit``, or the one learned from 429 answers): planned, not lost.
+        outage: seconds during which new requests were held back by the circuit breaker.
+
+    Seconds are wall-clock time, not summed over callers.
 
     """
 
+    requests: int = 0
     rate_limited: int = 0
-    waited: float = 0.0
+    paused: float = 0.0
+    paced: float = 0.0
+    outage: float = 0.0
+
+    @property
+    def waited(self) -> float:
+        """Seconds new requests were held back, for any reason."""
+        return self.paused + self.paced + self.outage
+
+    def __add__(self, other: RateStats) -> RateStats:
+        return RateStats(
+            self.requests + other.requests,
+            self.rate_limited + other.rate_limited,
+            self.paused + other.paused,
+            self.paced + other.paced,
+            self.outage + other.outage,
+        )
 
 
 def is_throttle(error: LlamaVisionError) -> bool:
@@ -82,6 +104,7 @@ class Outcome:
     throttled: bool = False
     status: int | None = None
     retry_after: float | None = None
+    outage: bool = False
 
     @classmethod
     def of(cls, error: BaseException | None) -> Outcome:
@@ -90,11 +113,79 @@ class Outcome:
             return SUCCESS
         if isinstance(error, LlamaVisionError) and is_throttle(error):
             return cls(False, True, error.status_code, getattr(error, "retry_after", None))
+        if isinstance(error, APIConnectionError) or (
+            isinstance(error, LlamaVisionError) and (error.status_code or 0) >= 500
+        ):
+            return OUTAGE
         return FAILURE
 
 
 SUCCESS = Outcome(ok=True)
 FAILURE = Outcome(ok=False)
+OUTAGE = Outcome(ok=False, outage=True)
+
+
+class CircuitBreaker:
+    """Holds requests back while a provider seems down (sans-I/O; a governor drives it).
+
+    After ``threshold`` outage outcomes in a row (connection errors, 5xx answers), the breaker
+    opens: no request is sent but one probe every ``probe_every`` seconds. A probe that gets
+    any answer but a 5xx closes it; after ``give_up_after`` seconds open, every waiting and
+    later request raises :class:`~llamavision.ProviderOutageError`.
+    """
+
+    def __init__(
+        self, threshold: int = 5, *, give_up_after: float = 300.0, probe_every: float = 10.0
+    ) -> None:
+        if threshold < 1:
+            raise ValueError("outage_after must be at least 1 failure.")
+        self.threshold = threshold
+        self.give_up_after = give_up_after
+        self.probe_every = min(probe_every, give_up_after)
+        self.failures = 0
+        self.opened: float | None = None
+        self._probe_at = 0.0
+        self._probing = False
+
+    def wait(self, now: float) -> float:
+        """Return 0 when a request may go (a probe, if open), else the seconds to wait.
+
+        Raises:
+            ProviderOutageError: the breaker has been open for ``give_up_after`` seconds.
+
+        """
+        if self.opened is None:
+            return 0.0
+        if now - self.opened >= self.give_up_after:
+            raise ProviderOutageError(
+                f"The provider has failed to answer (connection errors or 5xx answers, "
+                f"{self.failures} in a row) for {now - self.opened:.0f} s, probed every "
+                f"{self.probe_every:g} s: it seems down. Nothing more is sent; try again once "
+                "it is back (a caption run keeps what it finished)."
+            )
+        if self._probing:
+            return math.inf
+        return max(0.0, min(self._probe_at, self.opened + self.give_up_after) - now)
+
+    def sent(self) -> bool:
+        """Note that a request was admitted; return whether it is the open breaker's probe."""
+        if self.opened is None:
+            return False
+        self._probing = True
+        return True
+
+    def settle(self, outcome: Outcome, now: float, probe: bool) -> None:
+        """Take a request's outcome into account."""
+        if not outcome.outage:
+            self.failures, self.opened, self._probing = 0, None, False
+            return
+        self.failures += 1
+        if probe:
+            self._probing = False
+            self._probe_at = now + self.probe_every
+        elif self.opened is None and self.failures >= self.threshold:
+            self.opened = now
+            self._probe_at = now + self.probe_every
 
 
 class Releasable(Protocol):
@@ -124,11 +215,12 @@ class Governor(Protocol):
 class Ticket:
     """One admitted request; :meth:`release` it exactly once with its outcome."""
 
-    __slots__ = ("_governor", "_released", "sent_at")
+    __slots__ = ("_governor", "_released", "probe", "sent_at")
 
-    def __init__(self, governor: RateGovernor, sent_at: float) -> None:
+    def __init__(self, governor: RateGovernor, sent_at: float, probe: bool = False) -> None:
         self._governor = governor
         self.sent_at = sent_at
+        self.probe = probe
         self._released = False
 
     def release(self, error: BaseException | None = None) -> None:
@@ -146,10 +238,11 @@ class Ticket:
 
 
 class _ThreadWaker:
-    __slots__ = ("event",)
+    __slots__ = ("event", "why")
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.why = "paced"
 
     def arm(self) -> None:
         self.event.clear()
@@ -159,11 +252,12 @@ class _ThreadWaker:
 
 
 class _TaskWaker:
-    __slots__ = ("future", "loop")
+    __slots__ = ("future", "loop", "why")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] | None = None
+        self.why = "paced"
 
     def arm(self) -> None:
         self.future = self.loop.create_future()
@@ -192,6 +286,8 @@ class RateGovernor:
         rate_limit: requests per minute to stay under from the start; ``None`` to learn the
             provider's limit from its rate-limit answers.
         max_pause: longest ``Retry-After`` pause imposed on every caller, in seconds.
+        breaker: a :class:`CircuitBreaker` that holds requests back while the provider
+            seems down; ``None`` sends them regardless (each fails on its own).
         clock: the time source (monotonic seconds).
 
     """
@@ -202,6 +298,7 @@ class RateGovernor:
         max_concurrency: int | None = None,
         rate_limit: float | None = None,
         max_pause: float = 60.0,
+        breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
@@ -211,7 +308,9 @@ class RateGovernor:
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.max_pause = max_pause
+        self.breaker = breaker
         self.stats = RateStats()
+        self._why = "paced"  # what the latest wait returned by _admit is for
         self._clock = clock
         self._lock = threading.Lock()
         self._line: deque[_Waker] = deque()
@@ -259,31 +358,50 @@ class RateGovernor:
             if self._line:
                 return math.inf
             wait = self._admit(now)
-            return Ticket(self, now) if wait == 0.0 else wait
+            return self._ticket(now) if wait == 0.0 else wait
 
     def _admit(self, now: float) -> float:
-        """Admit one request (return 0) or return how long to wait (``inf``: for a slot)."""
+        """Admit one request (return 0) or return how long to wait (``inf``: for a slot).
+
+        Raises:
+            ProviderOutageError: the breaker gave up on the provider.
+
+        """
+        if self.breaker is not None:
+            wait = self.breaker.wait(now)
+            if wait:
+                self._why = "outage"
+                return wait
         if self._in_flight >= self._limit:
             return math.inf
         if now < self._paused_until:
+            self._why = "paused"
             return self._paused_until - now
         pace = self.pace(now)
         if pace is not None:
             self._tokens = min(1.0, self._tokens + (now - self._stamp) * pace)
             self._stamp = now
             if self._tokens < 1.0:
+                self._why = "paced"
                 return (1.0 - self._tokens) / pace
             self._tokens -= 1.0
         self._stamp = now
         self._in_flight += 1
+        self.stats.requests += 1
         if self._mark is None:
             self._mark = now
         return 0.0
+
+    def _ticket(self, now: float) -> Ticket:
+        """Return the ticket of a request just admitted (the breaker's probe, maybe)."""
+        return Ticket(self, now, self.breaker is not None and self.breaker.sent())
 
     def _settle(self, ticket: Ticket, outcome: Outcome) -> None:
         with self._lock:
             now = self._clock()
             self._in_flight -= 1
+            if self.breaker is not None:
+                self.breaker.settle(outcome, now, ticket.probe)
             if outcome.ok:
                 self._ok += 1
                 ceiling = self.max_concurrency or math.inf
@@ -321,7 +439,7 @@ class RateGovernor:
         with self._lock:
             now = self._clock()
             if not self._line and self._admit(now) == 0.0:
-                return Ticket(self, now)
+                return self._ticket(now)
             self._line.append(waker)
             return None
 
@@ -336,7 +454,8 @@ class RateGovernor:
             if wait == 0.0:
                 self._line.popleft()
                 self._wake_head()
-                return Ticket(self, now)
+                return self._ticket(now)
+            waker.why = self._why
             return wait
 
     def _leave(self, waker: _Waker) -> None:
@@ -349,9 +468,9 @@ class RateGovernor:
             if was_head:
                 self._wake_head()
 
-    def _held(self, seconds: float) -> None:
+    def _held(self, seconds: float, why: str) -> None:
         with self._lock:
-            self.stats.waited += seconds
+            setattr(self.stats, why, getattr(self.stats, why) + seconds)
 
     def acquire(self) -> Ticket:
         """Wait (blocking this thread) until a request may be sent; return its ticket."""
@@ -369,7 +488,7 @@ class RateGovernor:
                     continue
                 started = self._clock()
                 waker.event.wait(step)
-                self._held(self._clock() - started)
+                self._held(self._clock() - started, waker.why)
         except BaseException:
             self._leave(waker)
             raise
@@ -391,7 +510,7 @@ class RateGovernor:
                     continue
                 started = self._clock()
                 await asyncio.wait((waker.future,), timeout=step)
-                self._held(self._clock() - started)
+                self._held(self._clock() - started, waker.why)
         except BaseException:
             self._leave(waker)
             raise

@@ -207,8 +207,14 @@ def test_progress_lines_reach_a_log_without_a_terminal(
     code, _, err = run("caption", str(folder), "--out", str(out), "--progress-every", "0")
     lines = [line for line in err.splitlines() if line.startswith("progress: ")]
     assert code == 0 and len(lines) == 4, err  # one per image here; every 30 s by default
-    assert lines[-1].startswith("progress: 4/4 (4 captioned, 0 already done, 0 failed)")
+    assert lines[-1].startswith("progress: 4/4 (4 captioned, 0 already done, 0 copied, 0 failed)")
     assert "img/s, ETA" in lines[-1] and "answered 429" in lines[-1]
+    assert "ETA --" in lines[0]  # no rate from one answer (on Ray, start-up would skew it)
+
+    code, _, err = run("caption", str(folder), "--out", str(out), "--progress-every", "0")
+    lines = [line for line in err.splitlines() if line.startswith("progress: ")]
+    assert code == 0 and lines[-1].startswith("progress: 4/4 (0 captioned, 4 already done")
+    assert lines[-1].endswith("files checked/s")  # checking done files: how fast that goes
 
 
 def test_one_file_selection_and_an_output_folder_made(

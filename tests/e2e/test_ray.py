@@ -7,7 +7,14 @@ and base URLs reach them pickled with the actors, never through ``runtime_env``.
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -143,3 +150,94 @@ def test_actors_get_the_gateway_and_the_fallbacks_credentials(
     assert len(rows) == 3 and all(r["error"] is None for r in rows), rows
     served = [r.path for r in emulator.requests if r.provider == "cloudflare"]
     assert served and all(p.startswith("/v1/") and "/gw-ray/workers-ai/" in p for p in served)
+
+
+def dead_port() -> int:
+    """A loopback port with nothing listening: every connection is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_interrupted_run_writes_every_answered_caption(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    make_images(tmp_path / "images", 40)
+    out = tmp_path / "c.jsonl"
+    release = emulator.hold(after=6)  # six answers, then every request waits for the test
+    command = [
+        sys.executable, "-m", "llamavision.cli", "caption", str(tmp_path / "images"),
+        "--out", str(out), "--ray", "--ray-actors", "2", "--concurrency", "2",
+        "--ray-address", ray.get_runtime_context().gcs_address, "--progress-every", "1000",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        env=os.environ.copy(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines: list[str] = []
+    try:
+        # Two actors with two requests each: six answered, four held in flight.
+        assert emulator.wait_for_requests(10, timeout=300), "the job never had 4 in flight"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # until the driver says it waits for those in flight
+            lines.append(line)
+            if line.startswith("Stopping: waiting for the"):
+                break
+        release.set()  # the held requests are answered now, after the interrupt
+        lines.append(proc.communicate(timeout=300)[1])
+    finally:
+        release.set()
+        proc.kill()
+    err = "".join(lines)
+    assert proc.returncode == 130, err
+    answered = emulator.counters["received"]
+    records = load_captions(out)
+    assert 10 <= answered < 40, err  # interrupted before the end...
+    assert len(records) == answered, err  # ...with every answered caption written
+    assert all(r["caption"] for r in records)
+    assert f"interrupted: {answered} captioned" in err and f"{answered} requests" in err
+
+
+def test_a_provider_that_stays_down_stops_the_job(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_images(tmp_path / "images", 60)
+    monkeypatch.setenv("AIGATEWAY_BASE_URL", f"http://127.0.0.1:{dead_port()}/v1")
+    out = tmp_path / "c.jsonl"
+    code, _, err = run_cli(
+        "caption", str(tmp_path / "images"), "--out", str(out), "--ray", "--max-retries", "1",
+        "--outage-after", "3", "--outage-limit", "1",
+    )  # fmt: skip
+    assert code == 1, err
+    assert "stopped:" in err and "it seems down" in err and "Connection refused" not in err
+    assert len(load_captions(out)) < 60  # not a failure row for every image
+
+
+def test_duplicate_photos_each_keep_a_record(emulator: Emulator, tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "images", 5)
+    shutil.copy(paths[0], tmp_path / "images" / "copy-a.jpg")
+    shutil.copy(paths[0], tmp_path / "images" / "copy-b.jpg")
+    out = tmp_path / "c.jsonl"
+    code, _, err = run_cli("caption", str(tmp_path / "images"), "--out", str(out), "--ray")
+    assert code == 0 and "5 captioned" in err and "2 copied" in err, err
+    assert emulator.counters["received"] == 5  # the same bytes are captioned once
+    records = load_captions(out)
+    assert len({r["image_path"] for r in records}) == 7  # a record for every path
+    assert_copies_share_one_caption(records, {paths[0].name, "copy-a.jpg", "copy-b.jpg"})
+
+
+def assert_copies_share_one_caption(records: list[dict[str, Any]], names: set[str]) -> None:
+    """The paths ``names`` (one photo's copies): one paid caption, copied to the others."""
+    same = [r for r in records if Path(r["image_path"]).name in names]
+    assert {Path(r["image_path"]).name for r in same} == names
+    (original,) = [r for r in same if "copy_of" not in r]
+    assert original["cost_usd"] > 0
+    for copy in same:
+        if copy is not original:
+            assert copy["caption"] == original["caption"]
+            assert copy["sha256"] == original["sha256"]
+            assert copy["copy_of"] == original["image_path"] and copy["cost_usd"] == 0.0
