@@ -37,7 +37,7 @@ from llamavision.captions_file import (
     stored_path,
 )
 from llamavision.client import LlamaVisionClient
-from llamavision.errors import ImageError, LlamaVisionError
+from llamavision.errors import ImageError, LlamaVisionError, missing_extra
 from llamavision.images import ImageOptions, read_file
 from llamavision.messages import ChatResult, Message
 from llamavision.ratelimit import RateStats
@@ -185,6 +185,11 @@ def load_captions(out: str | Path) -> list[dict[str, Any]]:
 class CaptionRecords:
     """The usable records of a captions file, for document loaders.
 
+    ``path`` is the JSONL file of ``llamavision caption``, or what a
+    :func:`llamavision.ray.caption_dataset` pipeline wrote: a Parquet file, or the folder of
+    Parquet or JSON-lines files that Ray Data's ``write_parquet`` / ``write_json`` make
+    (Parquet needs ``pyarrow``, which the ``ray`` extra brings).
+
     Yields ``(caption, metadata, image)``: the metadata is the rest of the record, without
     empty values (vector stores refuse them); ``image`` is where the image is now (a URI, or
     an existing file, found as :func:`~llamavision.captions_file.resolve_image_path` says), or
@@ -193,7 +198,7 @@ class CaptionRecords:
     counted in :attr:`skipped`.
 
     Raises:
-        FileNotFoundError: when iterated, if the file does not exist.
+        FileNotFoundError: when iterated, if the file (or folder) does not exist.
 
     """
 
@@ -202,14 +207,28 @@ class CaptionRecords:
         self.skipped = 0
         self.missing = 0
 
-    def __iter__(self) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-        if not self.path.is_file():
+    def _records(self) -> Iterator[tuple[dict[str, Any], Path]]:
+        """Yield each record with the file it came from."""
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.suffix in DATASET_SUFFIXES)
+        elif self.path.is_file():
+            files = [self.path]
+        else:
             raise FileNotFoundError(
                 f"No captions file at {self.path}: write one with "
                 f"'llamavision caption IMAGES --out {self.path}'."
             )
+        for file in files:
+            if file.suffix == ".parquet":
+                for record in _parquet_records(file):
+                    yield record, file
+            else:
+                for record in iter_captions(file):
+                    yield record, file
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any], str | None]]:
         self.skipped = self.missing = 0
-        for record in iter_captions(self.path):
+        for record, file in self._records():
             caption = record.get("caption")
             if record.get("error") or not isinstance(caption, str) or not caption.strip():
                 self.skipped += 1
@@ -218,7 +237,7 @@ class CaptionRecords:
                 k: v for k, v in record.items() if k not in ("caption", "error") and v is not None
             }
             stored = metadata.get("image_path")
-            image = resolve_image_path(stored, self.path) if isinstance(stored, str) else None
+            image = resolve_image_path(stored, file) if isinstance(stored, str) else None
             if image is None:
                 self.missing += 1
             yield caption, metadata, image
@@ -229,6 +248,20 @@ class CaptionRecords:
                 self.missing,
                 self.path,
             )
+
+
+DATASET_SUFFIXES = (".jsonl", ".json", ".parquet")
+"""The files of a captions folder that :class:`CaptionRecords` reads."""
+
+
+def _parquet_records(file: Path) -> Iterator[dict[str, Any]]:
+    """Yield the rows of a Parquet file, a batch at a time."""
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise missing_extra("ray", f"Reading captions from Parquet ({file})", exc) from None
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+        yield from batch.to_pylist()
 
 
 def read_image(path: Path, limit: int | None = None) -> tuple[bytes, str]:

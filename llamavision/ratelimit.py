@@ -129,19 +129,20 @@ class CircuitBreaker:
     """Holds requests back while a provider seems down (sans-I/O; a governor drives it).
 
     After ``threshold`` outage outcomes in a row (connection errors, 5xx answers), the breaker
-    opens: no request is sent but one probe every ``probe_every`` seconds. A probe that gets
+    opens: no request is sent but one probe every ``probe_every`` seconds (by default a tenth of
+    ``give_up_after``, at most 10 s). A probe that gets
     any answer but a 5xx closes it; after ``give_up_after`` seconds open, every waiting and
     later request raises :class:`~llamavision.ProviderOutageError`.
     """
 
     def __init__(
-        self, threshold: int = 5, *, give_up_after: float = 300.0, probe_every: float = 10.0
+        self, threshold: int = 5, *, give_up_after: float = 300.0, probe_every: float | None = None
     ) -> None:
         if threshold < 1:
             raise ValueError("outage_after must be at least 1 failure.")
         self.threshold = threshold
         self.give_up_after = give_up_after
-        self.probe_every = min(probe_every, give_up_after)
+        self.probe_every = min(10.0, give_up_after / 10) if probe_every is None else probe_every
         self.failures = 0
         self.opened: float | None = None
         self._probe_at = 0.0

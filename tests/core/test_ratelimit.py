@@ -8,8 +8,15 @@ import threading
 
 import pytest
 
-from llamavision.errors import RateLimitError, ServerError, ServiceUnavailableError
-from llamavision.ratelimit import RateGovernor, Ticket
+from llamavision.errors import (
+    APIConnectionError,
+    BadRequestError,
+    ProviderOutageError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+)
+from llamavision.ratelimit import CircuitBreaker, RateGovernor, Ticket
 
 
 class Clock:
@@ -202,3 +209,52 @@ def test_threads_and_tasks_share_one_governor() -> None:
     asyncio.run(task())
     worker.join()
     assert sorted(admitted) == ["task", "thread"] and governor.in_flight == 0
+
+
+def down() -> APIConnectionError:
+    return APIConnectionError("Connection refused")
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_lets_one_probe_through() -> None:
+    clock = Clock()
+    governor = RateGovernor(clock=clock, breaker=CircuitBreaker(3, give_up_after=60.0))
+    admit(governor, clock).release(down())
+    admit(governor, clock).release(ServerError("oops", status_code=500))
+    admit(governor, clock).release(BadRequestError("no", status_code=400))  # an answer: up
+    for _ in range(3):
+        admit(governor, clock).release(ServiceUnavailableError("down", status_code=502))
+    assert waits(governor) == 6.0  # open: the first probe after a tenth of the limit
+    clock.now = 6.0
+    probe = admit(governor, clock)
+    assert waits(governor) == math.inf  # nothing else while the probe is out
+    probe.release(down())
+    assert waits(governor) == 6.0  # still down: the next probe later
+    clock.now = 12.0
+    admit(governor, clock).release(None)  # back
+    assert waits(governor) == 0.0  # closed: every request goes again
+
+
+def test_the_breaker_gives_up_after_its_limit_and_every_waiter_hears_it() -> None:
+    clock = Clock()
+    governor = RateGovernor(clock=clock, breaker=CircuitBreaker(1, give_up_after=30.0))
+    admit(governor, clock).release(down())
+    clock.now = 30.0
+    with pytest.raises(ProviderOutageError, match="it seems down"):
+        governor.try_acquire()
+    assert not ProviderOutageError("").retryable and ProviderOutageError("").account_level
+
+
+def test_throttling_is_not_an_outage() -> None:
+    clock = Clock()
+    governor = RateGovernor(clock=clock, breaker=CircuitBreaker(2, give_up_after=60.0))
+    for _ in range(4):
+        admit(governor, clock).release(limited(retry_after=None))
+    assert waits(governor) == 0.0
+
+
+def test_waits_are_counted_by_their_reason() -> None:
+    governor = RateGovernor(rate_limit=600)  # one every 0.1 s: planned waits
+    for _ in range(4):
+        governor.acquire().release(None)
+    assert governor.stats.paced > 0.15 and governor.stats.paused == 0.0
+    assert governor.stats.requests == 4 and governor.stats.waited == governor.stats.paced

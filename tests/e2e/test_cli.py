@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 
-from llamavision.captions import load_captions
-from llamavision.cli import main
+from llamavision import LlamaVisionClient
+from llamavision.captions import caption_images, load_captions
+from llamavision.cli import build_parser, main
 from llamavision.emulator import Emulator, EmulatorProcess, Fault, Reply
+from tests.e2e.support import assert_copies_share_one_caption, dead_port
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -69,9 +71,12 @@ def test_ask_without_credentials_uses_the_bundled_emulator_and_says_so(
     assert "Set AIGATEWAY_API_KEY" in err
 
 
-def test_errors_are_reported_with_what_to_do(emulator: Emulator) -> None:
+def test_errors_are_reported_with_what_to_do(emulator: Emulator, tmp_path: Path) -> None:
     code, _, err = run("ask", str(SAMPLES / "red-square.png"), "hi", "--provider", "cloudflare")
-    assert code == 1 and "--accept-license" in err
+    assert code == 1 and "Add --accept-license" in err and "accept_license=True" not in err
+    out = str(tmp_path / "c.jsonl")
+    code, _, err = run("caption", str(SAMPLES), "--out", out, "--provider", "cloudflare")
+    assert code == 1 and "Add --accept-license" in err and "accept_license=True" not in err
     code, _, err = run("ask", "missing.png", "hi")
     assert code == 1 and "Cannot read image file" in err
 
@@ -239,3 +244,57 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
         main(["caption", "--help"])
     help_text = capsys.readouterr().out
     assert "exit status" in help_text and "143" in help_text and "--recursive" in help_text
+
+
+def test_every_flag_has_help() -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"llamavision {name} {action.option_strings[0]} has no help"
+
+
+def test_a_provider_that_stays_down_stops_the_run(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(40):
+        PILImage.new("RGB", (20, 20), (i * 6, 0, 0)).save(tmp_path / f"{i:02d}.png")
+    monkeypatch.setenv("AIGATEWAY_BASE_URL", f"http://127.0.0.1:{dead_port()}/v1")
+    code, out, err = run(
+        "caption", str(tmp_path), "--out", str(tmp_path / "c.jsonl"), "--json",
+        "--max-retries", "0", "--outage-after", "3", "--outage-limit", "1",
+    )  # fmt: skip
+    summary = json.loads(out)
+    assert code == 1 and "it seems down" in err and summary["stopped"], err
+    assert summary["requests"] < 20  # probes, not a request for each of the 40 images
+    assert summary["outage_wait_seconds"] > 0
+
+
+async def test_a_run_waits_out_a_short_outage(emulator: Emulator, folder: Path) -> None:
+    emulator.fail(*[Fault("status", status=502)] * 4)  # two to open the breaker, two probes
+    client = LlamaVisionClient(
+        max_retries=6, retry_backoff=0.01, outage_after=2, outage_limit=5.0
+    )  # probes every 0.5 s, for 5 s at most
+    async with client:
+        summary = await caption_images(sorted(folder.iterdir()), folder / "c.jsonl", client,
+                                       concurrency=1)  # fmt: skip
+    assert summary.captioned == 4 and summary.stopped is None, summary.failures
+    assert summary.outage_wait > 0.9  # two probe intervals
+    assert summary.requests == 4 + 4  # four answers, four failures
+
+
+def test_duplicate_photos_each_keep_a_record(emulator: Emulator, folder: Path) -> None:
+    out = folder.parent / "c.jsonl"
+    shutil.copy(folder / "sunset.jpg", folder / "sunset-copy.jpg")
+    code, _, err = run("caption", str(folder), "--out", str(out), "--concurrency", "4")
+    assert code == 0 and "4 captioned" in err and "1 copied" in err, err
+    assert emulator.counters["received"] == 4  # the same bytes are captioned once
+    (folder / "more").mkdir()
+    shutil.copy(folder / "sunset.jpg", folder / "more" / "sunset-again.jpg")
+    emulator.reset()
+    code, _, err = run("caption", str(folder), "--out", str(out), "--recursive")
+    assert "0 captioned, 5 already done, 1 copied" in err and emulator.counters["requests"] == 0
+    records = [r for r in load_captions(out) if not r.get("error")]
+    names = {"sunset.jpg", "sunset-copy.jpg", "sunset-again.jpg"}
+    assert_copies_share_one_caption(records, names)

@@ -68,3 +68,18 @@ def test_a_missing_captions_file_says_how_to_make_one(tmp_path: Path) -> None:
         list(CaptionLoader(tmp_path / "none.jsonl").lazy_load())
     with pytest.raises(FileNotFoundError, match="llamavision caption"):
         CaptionReader().load_data(tmp_path / "none.jsonl")
+
+
+def test_both_paths_of_one_photo_load_with_its_caption(emulator: Emulator, tmp_path: Path) -> None:
+    shutil.copytree(SAMPLES, tmp_path / "images")
+    shutil.copy(tmp_path / "images" / "sunset.jpg", tmp_path / "images" / "sunset-2.jpg")
+    out = tmp_path / "captions.jsonl"
+    main(["caption", str(tmp_path / "images"), "--out", str(out)], io.StringIO(), io.StringIO())
+    assert emulator.counters["received"] == 4  # captioned once
+    docs = {Path(d.metadata["image_path"]).name: d for d in CaptionLoader(out).lazy_load()}
+    nodes = {Path(str(n.image_path)).name: n for n in CaptionReader().load_data(out)}
+    for loaded in (docs, nodes):
+        assert len(loaded) == 5  # a document for every path, each with its file
+    assert docs["sunset.jpg"].page_content == docs["sunset-2.jpg"].page_content
+    assert nodes["sunset.jpg"].text == nodes["sunset-2.jpg"].text
+    assert Path(docs["sunset-2.jpg"].metadata["image_path"]).is_file()

@@ -10,20 +10,21 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 import ray
 
+from langchain_llamavision import CaptionLoader
+from llamaindex_llamavision import CaptionReader
 from llamavision.captions import load_captions
 from llamavision.cli import main
 from llamavision.emulator import Emulator, Fault
 from llamavision.ray import FIELDS, caption_dataset
+from tests.e2e.support import assert_copies_share_one_caption, dead_port
 from tests.e2e.test_scale import make_images
 
 
@@ -55,6 +56,22 @@ def test_a_users_pipeline_reads_captions_and_writes_parquet(
     assert all(r["error"] is None and "synthetic answer" in r["caption"] for r in rows)
     assert len({r["sha256"] for r in rows}) == 100
     assert emulator.counters["received"] == 100  # each image exactly once
+
+
+def test_the_loaders_read_what_a_pipeline_wrote(emulator: Emulator, tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "images", 6)
+    images = ray.data.read_binary_files(str(tmp_path / "images"), include_paths=True)
+    captions = caption_dataset(images, actors=1).materialize()
+    captions.write_parquet(str(tmp_path / "parquet"))
+    captions.write_json(str(tmp_path / "json"))
+    names = sorted(p.name for p in paths)
+    for written in ("parquet", "json"):
+        docs = list(CaptionLoader(tmp_path / written).lazy_load())
+        assert sorted(Path(d.metadata["image_path"]).name for d in docs) == names
+        assert all(Path(d.metadata["image_path"]).is_file() and d.page_content for d in docs)
+        nodes = CaptionReader().load_data(tmp_path / written)
+        assert sorted(Path(str(n.image_path)).name for n in nodes) == names
+    assert emulator.counters["received"] == 6
 
 
 def test_the_command_line_runs_on_ray_with_the_same_records_and_resumes(
@@ -152,13 +169,6 @@ def test_actors_get_the_gateway_and_the_fallbacks_credentials(
     assert served and all(p.startswith("/v1/") and "/gw-ray/workers-ai/" in p for p in served)
 
 
-def dead_port() -> int:
-    """A loopback port with nothing listening: every connection is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_interrupted_run_writes_every_answered_caption(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -228,16 +238,3 @@ def test_duplicate_photos_each_keep_a_record(emulator: Emulator, tmp_path: Path)
     records = load_captions(out)
     assert len({r["image_path"] for r in records}) == 7  # a record for every path
     assert_copies_share_one_caption(records, {paths[0].name, "copy-a.jpg", "copy-b.jpg"})
-
-
-def assert_copies_share_one_caption(records: list[dict[str, Any]], names: set[str]) -> None:
-    """The paths ``names`` (one photo's copies): one paid caption, copied to the others."""
-    same = [r for r in records if Path(r["image_path"]).name in names]
-    assert {Path(r["image_path"]).name for r in same} == names
-    (original,) = [r for r in same if "copy_of" not in r]
-    assert original["cost_usd"] > 0
-    for copy in same:
-        if copy is not original:
-            assert copy["caption"] == original["caption"]
-            assert copy["sha256"] == original["sha256"]
-            assert copy["copy_of"] == original["image_path"] and copy["cost_usd"] == 0.0

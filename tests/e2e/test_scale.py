@@ -197,7 +197,7 @@ def test_a_client_rate_limit_paces_a_run_from_the_start(emulator: Emulator, tmp_
             summary = await caption_images(paths, tmp_path / "c.jsonl", c, concurrency=8)
         assert summary.captioned == 21 and summary.rate_limited == 0
         assert summary.seconds >= 2.0 and summary.paced > 0  # 20 intervals of 0.1 s
-    assert summary.rate_wait == 0  # pacing is planned, not a rate-limit wait
+        assert summary.rate_wait == 0  # pacing is planned, not a rate-limit wait
 
     asyncio.run(run())
     assert emulator.counters["rate_limited"] == 0

@@ -1,0 +1,27 @@
+"""Helpers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+
+def dead_port() -> int:
+    """Return a loopback port with nothing listening: every connection is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def assert_copies_share_one_caption(records: list[dict[str, Any]], names: set[str]) -> None:
+    """Check that the paths ``names`` (one photo's copies) share one paid caption."""
+    same = [r for r in records if Path(r["image_path"]).name in names]
+    assert {Path(r["image_path"]).name for r in same} == names
+    (original,) = [r for r in same if "copy_of" not in r]
+    assert original["cost_usd"] > 0
+    for copy in same:
+        if copy is not original:
+            assert copy["caption"] == original["caption"]
+            assert copy["sha256"] == original["sha256"]
+            assert copy["copy_of"] == original["image_path"] and copy["cost_usd"] == 0.0
