@@ -59,6 +59,9 @@ except ImportError as exc:
 logger = logging.getLogger("llamavision")
 _RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
+NOT_SENT = "not sent: the job was stopping"
+"""The ``error`` of the rows of images a stopping job did not start (never written)."""
+
 FIELDS = (
     "image_path",
     "sha256",
@@ -334,8 +337,8 @@ class Captioner:
             async with self.gate:
                 if self.results is None:
                     return await self._caption(path, image)
-                if not await self.results.begin.remote():
-                    return None  # the job is stopping: left for the next run
+                if not await self.results.begin.remote():  # the job is stopping
+                    return {"image_path": path, "error": NOT_SENT}  # left for the next run
                 record = None
                 try:
                     record = await self._caption(path, image)
@@ -617,11 +620,13 @@ class _FilesJob:
             outage_limit=outage_limit, **options,
         )  # fmt: skip
         failure: list[BaseException] = []
+        stopping = threading.Event()
 
         def drive() -> None:  # runs the dataset; the records come through the channel
             try:
                 for _ in captions.iter_batches(batch_size=None):
-                    pass
+                    if stopping.is_set():
+                        break  # closing the iterator stops the dataset's execution
             except BaseException as exc:  # handed to the driver's thread
                 failure.append(exc)
             finally:
@@ -650,9 +655,10 @@ class _FilesJob:
             self.summary.stopped = error
         finally:
             self.summary.count_rates(ray.get(limiter.stats.remote()))
+            stopping.set()  # the images not started come back at once as NOT_SENT rows
+            runner.join(timeout=60)  # before Ray goes: the dataset must not outlive it
             if started_ray:
                 ray.shutdown()
-            runner.join(timeout=None if started_ray else 0)
         self.progress()
         return self.summary
 
