@@ -298,3 +298,20 @@ def test_duplicate_photos_each_keep_a_record(emulator: Emulator, folder: Path) -
     records = [r for r in load_captions(out) if not r.get("error")]
     names = {"sunset.jpg", "sunset-copy.jpg", "sunset-again.jpg"}
     assert_copies_share_one_caption(records, names)
+
+
+class Terminal(io.StringIO):
+    """Standard error as a terminal shows it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_progress_bar(emulator: Emulator, folder: Path, tmp_path: Path) -> None:
+    out, err = io.StringIO(), Terminal()
+    code = main(["caption", str(folder), "--out", str(tmp_path / "c.jsonl")], out=out, err=err)
+    shown = err.getvalue()
+    assert code == 0 and "\r" in shown and "captioning" in shown and "4/4" in shown
+    assert "0 failed, 0 answered 429" in shown  # the bar's postfix
+    assert "\ndone: 4 captioned" in shown  # the summary on a line of its own, after the bar
+    assert "progress: " not in shown  # no log lines on a terminal
