@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         "burst is part of the achieved rate.",
         "",
         "| run | images | seconds | achieved / R | requests answered 429 | share 429 | "
-        "waited for limits s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "Retry-After pauses s | pacing s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label in ("no client limit", "--rate-limit R", "large, limited"):
         run = runs.get(label)
@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {label} | {run.images:,} | {run.seconds:.0f} | "
             f"{run.per_second * 60 / rate:.2f} | {limited} | {limited / sent:.1%} | "
-            f"{run.summary['rate_wait_seconds']:.0f} |"
+            f"{run.summary['rate_limit_wait_seconds']:.0f} | "
+            f"{run.summary['paced_seconds']:.0f} |"
         )
     lines += [
         "",

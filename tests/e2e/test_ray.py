@@ -238,3 +238,19 @@ def test_duplicate_photos_each_keep_a_record(emulator: Emulator, tmp_path: Path)
     records = load_captions(out)
     assert len({r["image_path"] for r in records}) == 7  # a record for every path
     assert_copies_share_one_caption(records, {paths[0].name, "copy-a.jpg", "copy-b.jpg"})
+
+
+def test_both_modes_choose_the_same_files(emulator: Emulator, tmp_path: Path) -> None:
+    make_images(tmp_path / "images", 3)
+    make_images(tmp_path / "images" / "sub", 2, size=(32, 24))
+    (tmp_path / "images" / "readme.txt").write_text("not an image")
+    for flags in ((), ("--recursive",)):
+        chosen = []
+        for mode in ((), ("--ray",)):
+            out = tmp_path / f"{'-'.join(flags + mode) or 'plain'}.jsonl"
+            code, _, err = run_cli("caption", str(tmp_path / "images"), "--out", str(out),
+                                   *flags, *mode)  # fmt: skip
+            assert code == 0, err
+            chosen.append(sorted(Path(r["image_path"]).name for r in load_captions(out)))
+        assert chosen[0] == chosen[1] and len(chosen[0]) == (5 if flags else 3)
+        assert not any(name.endswith(".txt") for name in chosen[0])
