@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import signal
@@ -358,14 +359,26 @@ def _emulator(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.rate_limit:
         print(f"Each account may send {args.rate_limit:g} requests per minute.", file=err)
-    serve(
-        args.port,
-        args.host,
-        license_gate=not args.no_license_gate,
-        rate_limit=args.rate_limit,
-        latency=args.latency,
-        announce=err,
-    )
+    with contextlib.ExitStack() as stack:
+        log = None
+        if args.log == "-":
+            log = err
+        elif args.log is not None:
+            try:
+                log = stack.enter_context(open(args.log, "a", encoding="utf-8"))
+            except OSError as exc:
+                print(f"llamavision emulator: cannot write the log {args.log}: {exc}", file=err)
+                return 1
+        serve(
+            args.port,
+            args.host,
+            license_gate=not args.no_license_gate,
+            rate_limit=args.rate_limit,
+            latency=args.latency,
+            announce=err,
+            request_log=log,
+            log_format=args.log_format,
+        )
     return 0
 
 
@@ -506,6 +519,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="SECONDS",
         help="take this long to start each answer, as the real model would (default 0)",
+    )
+    emu.add_argument(
+        "--log",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write a line per request (time, method, path, provider, status, latency, why a "
+        "429) to FILE, or to stderr without one",
+    )
+    emu.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or JSON lines to count with jq and friends (default text)",
     )
     return parser
 

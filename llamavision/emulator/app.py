@@ -9,12 +9,14 @@ provider's format. The shared types are in :mod:`llamavision.emulator.wire`.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from llamavision.emulator import aigateway, cloudflare
 from llamavision.emulator.wire import (
@@ -85,6 +87,10 @@ class Emulator:
             wants this token in ``cf-aig-authorization``.
         latency: seconds each model answer takes to start, as a real model's would (a
             caption from the real service takes seconds); ``0`` answers at once.
+        request_log: where to write one line per request served (time, method, path,
+            provider, status, latency and, for a 429, why), e.g. ``sys.stderr`` or an open
+            file; ``None`` logs nothing.
+        log_format: ``"text"`` (one readable line) or ``"json"`` (JSON lines).
 
     Attributes:
         requests: the latest received model requests, oldest first.
@@ -106,7 +112,13 @@ class Emulator:
         gateway_token: str | None = None,
         latency: float = 0.0,
         max_body: int = MAX_BODY,
+        request_log: TextIO | None = None,
+        log_format: Literal["text", "json"] = "text",
     ) -> None:
+        if log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be 'text' or 'json', not {log_format!r}")
+        self.request_log = request_log
+        self.log_format = log_format
         self.max_body = max_body
         self.keys = {aigateway.NAME: aigateway_key, cloudflare.NAME: cloudflare_token}
         self.license_gate = license_gate
@@ -287,9 +299,19 @@ class Emulator:
                     return
         if scope["type"] != "http":
             return
+        started = time.monotonic()
+        method, path = scope["method"], scope["path"]
+        route = self._route(path) if method == "POST" else None
+        response = await self._serve(scope, receive, send, route)
+        if self.request_log is not None and response is not None:
+            self.log(method, path, route, response, time.monotonic() - started)
+
+    async def _serve(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend, route: Route | None
+    ) -> Response | None:
+        """Answer one HTTP request; return the response sent."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         # Who is asking and how much, before reading a byte of the body.
-        route = self._route(scope["path"]) if scope["method"] == "POST" else None
         early = None
         if route is not None and not self.check_key(route.NAME, headers):
             early = route.error_response(route.auth_error())
@@ -297,15 +319,16 @@ class Emulator:
             early = route.error_response(route.too_large(self.max_body))
         if early is not None:
             await send_response(early, send)
-            return
+            return early
         chunks, size = [], 0
         while True:
             message = await receive()
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body and route is not None:
-                await send_response(route.error_response(route.too_large(self.max_body)), send)
-                return
+                refusal = route.error_response(route.too_large(self.max_body))
+                await send_response(refusal, send)
+                return refusal
             if not message.get("more_body"):
                 break
         with self._lock:
@@ -313,10 +336,38 @@ class Emulator:
         try:
             response = await self.handle(scope["method"], scope["path"], headers, b"".join(chunks))
             await send_response(response, send)
+            return response
         finally:
             with self._changed:
                 self._inflight -= 1
                 self._changed.notify_all()
+
+    def log(
+        self, method: str, path: str, route: Route | None, response: Response, seconds: float
+    ) -> None:
+        """Write the request log's line for one request served."""
+        assert self.request_log is not None
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        entry = {
+            "time": when.replace("+00:00", "Z"),
+            "method": method,
+            "path": path,
+            "provider": None if route is None else route.NAME,
+            "status": response.status,
+            "latency_ms": round(seconds * 1000, 1),
+            "reason": response.reason,
+        }
+        if self.log_format == "json":
+            line = json.dumps(entry)
+        else:
+            line = (
+                " ".join(str(entry[k]) for k in ("time", "method", "path", "provider", "status"))
+                + f" {entry['latency_ms']}ms"
+                + (f" ({response.reason})" if response.reason else "")
+            )
+        with self._lock:
+            self.request_log.write(line + "\n")
+            self.request_log.flush()
 
     async def handle(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
@@ -355,6 +406,7 @@ class Emulator:
             response = route.error_response(error or EmulatorError(fault.status, fault.message))
             if fault.retry_after is not None:
                 response.headers["retry-after"] = fault.retry_after
+            response.reason = "quota used up" if fault.kind == "quota" else "injected fault"
             return response
         wait = self._over_rate(route, path, headers)
         if wait:
@@ -363,6 +415,7 @@ class Emulator:
             assert self.rate_limit is not None
             response = route.error_response(route.rate_limit_error(self.rate_limit))
             response.headers["retry-after"] = str(max(1, math.ceil(wait)))
+            response.reason = f"over the rate limit of {self.rate_limit:g}/min"
             return response
         try:
             response = route.handle(self, path, dict(headers), body)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from llamavision.emulator.app import (
     DEFAULT_AIGATEWAY_KEY,
@@ -203,13 +203,23 @@ class EmulatorProcess:
         rate_limit: requests per minute allowed per account (``--rate-limit``).
         license_gate: emulate Cloudflare's license acceptance.
         latency: seconds each answer takes to start (``--latency``).
+        log: a file to write the request log to (``--log``), one line per request.
+        log_format: ``"text"`` or ``"json"`` (``--log-format``).
 
     """
 
     def __init__(
-        self, *, rate_limit: float | None = None, license_gate: bool = True, latency: float = 0.0
+        self,
+        *,
+        rate_limit: float | None = None,
+        license_gate: bool = True,
+        latency: float = 0.0,
+        log: str | os.PathLike[str] | None = None,
+        log_format: str = "text",
     ) -> None:
         self.args = [sys.executable, "-m", "llamavision.cli", "emulator", "--port", "0"]
+        if log is not None:
+            self.args += ["--log", os.fspath(log), "--log-format", log_format]
         if rate_limit is not None:
             self.args += ["--rate-limit", str(rate_limit)]
         if latency:
@@ -300,14 +310,23 @@ def serve(
     rate_limit: float | None = None,
     latency: float = 0.0,
     announce: TextIO | None = None,
+    request_log: TextIO | None = None,
+    log_format: Literal["text", "json"] = "text",
 ) -> None:
     """Serve the emulator until interrupted (``llamavision emulator``).
 
     Once it accepts requests, writes ``llamavision emulator ready at URL`` (the real port when
-    ``port`` is 0) and how to point clients at it to ``announce`` (default: stderr).
+    ``port`` is 0) and how to point clients at it to ``announce`` (default: stderr). With
+    ``request_log``, one line per request goes there (see :class:`Emulator`).
     """
     stream = announce or sys.stderr
-    emulator = Emulator(license_gate=license_gate, rate_limit=rate_limit, latency=latency)
+    emulator = Emulator(
+        license_gate=license_gate,
+        rate_limit=rate_limit,
+        latency=latency,
+        request_log=request_log,
+        log_format=log_format,
+    )
     if not _is_loopback(host):
         # reachable from other machines: keys nobody can guess, unless the caller sets them
         emulator.keys = {

@@ -162,6 +162,7 @@ class Response:
     cut_after: int | None = None
     raw: bytes | None = None
     answered: bool = False
+    reason: str | None = None  # why a refusal was made, for the request log (429s)
 
 
 class EmulatorError(Exception):

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
+from llamavision import LlamaVisionClient
 from llamavision.cli import main
-from llamavision.emulator import Emulator, EmulatorServer
-from llamavision.errors import ConfigurationError
+from llamavision.emulator import Emulator, EmulatorProcess, EmulatorServer
+from llamavision.errors import ConfigurationError, RateLimitError
 from llamavision.providers import openai_compat
 
 
@@ -90,3 +94,40 @@ def test_a_port_in_use_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> 
         assert main(["emulator", "--port", str(port)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already in use" in err and "--port 0" in err, err
+
+
+def test_the_request_log_says_what_was_served(tmp_path: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    # 12 a minute with a rested bucket of one: the first request goes, the second is refused.
+    with EmulatorProcess(rate_limit=12, log=log, log_format="json") as server:
+        env = server.env()
+        with LlamaVisionClient(
+            api_key=env["AIGATEWAY_API_KEY"], base_url=env["AIGATEWAY_BASE_URL"], max_retries=0
+        ) as client:
+            assert "synthetic answer" in client.chat("hi").text
+            with pytest.raises(RateLimitError):
+                client.chat("hi again")
+        httpx.get(f"{server.url}/nowhere")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["method"], e["status"]) for e in lines] == [
+        ("POST", 200),
+        ("POST", 429),
+        ("GET", 404),
+    ]
+    first, refused, lost = lines
+    assert first["path"] == "/v1/chat/completions" and first["provider"] == "aigateway"
+    assert first["latency_ms"] >= 0 and first["time"].endswith("Z") and first["reason"] is None
+    assert refused["reason"] == "over the rate limit of 12/min"
+    assert lost["provider"] is None
+
+
+def test_the_request_log_in_text_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    emulator = Emulator(request_log=sys.stderr)
+    with EmulatorServer(emulator) as server:
+        env = server.env()
+        with LlamaVisionClient(
+            api_key=env["AIGATEWAY_API_KEY"], base_url=env["AIGATEWAY_BASE_URL"]
+        ) as client:
+            client.chat("hi")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert " POST /v1/chat/completions aigateway 200 " in line and line.endswith("ms")
