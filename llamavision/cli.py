@@ -378,6 +378,7 @@ def _emulator(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             announce=err,
             request_log=log,
             log_format=args.log_format,
+            control=True if args.control else None,
         )
     return 0
 
@@ -527,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write a line per request (time, method, path, provider, status, latency, why a "
         "429) to FILE, or to stderr without one",
+    )
+    emu.add_argument(
+        "--control",
+        action="store_true",
+        help="serve the control API (/_emulator/...) even on a host other than loopback, "
+        "where it is off by default",
     )
     emu.add_argument(
         "--log-format",

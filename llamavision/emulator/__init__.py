@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from llamavision.emulator.app import (
+    CONTROL_PREFIX,
     DEFAULT_ACCOUNT_ID,
     DEFAULT_AIGATEWAY_KEY,
     DEFAULT_CLOUDFLARE_TOKEN,
@@ -25,6 +26,7 @@ from llamavision.emulator.server import (
 )
 
 __all__ = [
+    "CONTROL_PREFIX",
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_AIGATEWAY_KEY",
     "DEFAULT_CLOUDFLARE_TOKEN",

@@ -57,6 +57,50 @@ __all__ = [
 ]
 
 
+CONTROL_PREFIX = "/_emulator/"
+"""The reserved path prefix of the control API."""
+
+CONTROL_ACTIONS = {
+    ("POST", "replies"): 'queue replies: {"replies": [Reply fields...]} (Emulator.script)',
+    ("POST", "faults"): 'queue faults: {"faults": [Fault fields...]} (Emulator.fail)',
+    ("GET", "requests"): "the received requests, images as type and size (Received.summary)",
+    ("GET", "counters"): "requests, received, rate_limited (Emulator.counters)",
+    ("POST", "reset"): "forget what was queued and received (Emulator.reset)",
+    ("POST", "hold"): 'hold requests after the first N: {"after": N} (Emulator.hold)',
+    ("POST", "release"): "answer the held requests (Emulator.release)",
+}
+"""The control API: ``(method, path under the prefix)`` -> what it does."""
+
+
+def _items(data: Any, key: str) -> Any:
+    """Return ``data[key]`` of a JSON object body."""
+    if not isinstance(data, dict) or key not in data:
+        raise ValueError(f"the body must be a JSON object with {key!r}")
+    return data[key]
+
+
+def reply_from_json(item: Any) -> Reply:
+    """Build a :class:`Reply` from its JSON form (lists where it has tuples)."""
+    if not isinstance(item, dict):
+        raise ValueError(f"a reply is a JSON object of Reply's fields, not {item!r}")
+    fields = dict(item)
+    if "tool_calls" in fields:
+        fields["tool_calls"] = [(name, dict(args)) for name, args in fields["tool_calls"]]
+    if fields.get("usage") is not None:
+        prompt, completion = fields["usage"]
+        fields["usage"] = (int(prompt), int(completion))
+    return Reply(**fields)
+
+
+def fault_from_json(item: Any) -> Fault:
+    """Build a :class:`Fault` from its JSON form."""
+    if not isinstance(item, dict) or any(str(k).startswith("_") for k in item):
+        raise ValueError(f"a fault is a JSON object of Fault's fields, not {item!r}")
+    if item.get("lasting") == "inf":
+        item = {**item, "lasting": math.inf}
+    return Fault(**item)
+
+
 class Emulator:
     """An ASGI app that speaks AI Gateway's and Cloudflare Workers AI's wire formats.
 
@@ -91,6 +135,8 @@ class Emulator:
             provider, status, latency and, for a 429, why), e.g. ``sys.stderr`` or an open
             file; ``None`` logs nothing.
         log_format: ``"text"`` (one readable line) or ``"json"`` (JSON lines).
+        control: serve the control API under :data:`CONTROL_PREFIX`: the scripting methods
+            over HTTP, for tests in another process or language (see the README).
 
     Attributes:
         requests: the latest received model requests, oldest first.
@@ -114,7 +160,9 @@ class Emulator:
         max_body: int = MAX_BODY,
         request_log: TextIO | None = None,
         log_format: Literal["text", "json"] = "text",
+        control: bool = True,
     ) -> None:
+        self.control = control
         if log_format not in ("text", "json"):
             raise ValueError(f"log_format must be 'text' or 'json', not {log_format!r}")
         self.request_log = request_log
@@ -208,6 +256,13 @@ class Emulator:
         with self._lock:
             self._hold = (after, release)
         return release
+
+    def release(self) -> None:
+        """Answer the requests held by :meth:`hold` (as its event does); hold no more."""
+        with self._lock:
+            hold, self._hold = self._hold, None
+        if hold is not None:
+            hold[1].set()
 
     def wait_for_requests(self, count: int, timeout: float = 30.0) -> bool:
         """Wait until ``count`` model requests have been received; return whether they were.
@@ -313,7 +368,9 @@ class Emulator:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         # Who is asking and how much, before reading a byte of the body.
         early = None
-        if route is not None and not self.check_key(route.NAME, headers):
+        if scope["path"].startswith(CONTROL_PREFIX):
+            early = await self._control(scope, receive)
+        elif route is not None and not self.check_key(route.NAME, headers):
             early = route.error_response(route.auth_error())
         elif route is not None and declared_length(headers) > self.max_body:
             early = route.error_response(route.too_large(self.max_body))
@@ -341,6 +398,56 @@ class Emulator:
             with self._changed:
                 self._inflight -= 1
                 self._changed.notify_all()
+
+    async def _control(self, scope: Scope, receive: ASGIReceive) -> Response:
+        """Answer a request of the control API (see :data:`CONTROL_PREFIX`)."""
+        if not self.control:
+            return Response(404, {"error": "the control API is off for this emulator"})
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        action = (scope["method"], scope["path"].removeprefix(CONTROL_PREFIX).strip("/"))
+        try:
+            data = json.loads(b"".join(chunks) or b"null")
+            return Response(200, self.command(action, data))
+        except KeyError:
+            known = ", ".join(f"{m} {CONTROL_PREFIX}{p}" for m, p in CONTROL_ACTIONS)
+            return Response(404, {"error": f"no such control action; there are: {known}"})
+        except (TypeError, ValueError) as exc:
+            return Response(400, {"error": f"bad control request: {exc}"})
+
+    def command(self, action: tuple[str, str], data: Any) -> Any:
+        """Run one control action with its JSON body; return the JSON answer.
+
+        Each action calls the Python method of the same name (one implementation).
+
+        Raises:
+            KeyError: no such action.
+            TypeError, ValueError: the body does not fit the action.
+
+        """
+        if action not in CONTROL_ACTIONS:
+            raise KeyError(action)
+        name = action[1]
+        if name == "replies":
+            self.script(*(reply_from_json(item) for item in _items(data, "replies")))
+        elif name == "faults":
+            self.fail(*(fault_from_json(item) for item in _items(data, "faults")))
+        elif name == "requests":
+            return {"requests": [received.summary() for received in list(self.requests)]}
+        elif name == "counters":
+            with self._lock:
+                return dict(self.counters)
+        elif name == "reset":
+            self.reset()
+        elif name == "hold":
+            self.hold(int(_items(data, "after")))
+        elif name == "release":
+            self.release()
+        return {"ok": True}
 
     def log(
         self, method: str, path: str, route: Route | None, response: Response, seconds: float

@@ -312,12 +312,14 @@ def serve(
     announce: TextIO | None = None,
     request_log: TextIO | None = None,
     log_format: Literal["text", "json"] = "text",
+    control: bool | None = None,
 ) -> None:
     """Serve the emulator until interrupted (``llamavision emulator``).
 
     Once it accepts requests, writes ``llamavision emulator ready at URL`` (the real port when
     ``port`` is 0) and how to point clients at it to ``announce`` (default: stderr). With
-    ``request_log``, one line per request goes there (see :class:`Emulator`).
+    ``request_log``, one line per request goes there (see :class:`Emulator`). The control
+    API is served on a loopback host, and elsewhere only with ``control=True``.
     """
     stream = announce or sys.stderr
     emulator = Emulator(
@@ -326,6 +328,7 @@ def serve(
         latency=latency,
         request_log=request_log,
         log_format=log_format,
+        control=_is_loopback(host) if control is None else control,
     )
     if not _is_loopback(host):
         # reachable from other machines: keys nobody can guess, unless the caller sets them

@@ -135,6 +135,34 @@ class Received:
     stream: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """Return the request as plain data, each image as its type and size (no bytes).
+
+        What the emulator's control API serves for ``GET /_emulator/requests``.
+        """
+        return {
+            "provider": self.provider,
+            "path": self.path,
+            "messages": self.messages,
+            "images": [describe_image_url(url) for url in self.images],
+            "tools": self.tools,
+            "tool_choice": self.tool_choice,
+            "response_format": self.response_format,
+            "max_tokens": self.max_tokens,
+            "stream": self.stream,
+            "headers": self.headers,
+        }
+
+
+def describe_image_url(url: str) -> str:
+    """Return a data URL as ``"image/png, 2,101 bytes"``; any other URL as it is."""
+    if not url.startswith("data:"):
+        return url
+    head, _, data = url.partition(",")
+    mime = head.removeprefix("data:").split(";", 1)[0] or "unknown type"
+    size = len(data) * 3 // 4 - data.endswith("=") - data.endswith("==")
+    return f"{mime}, {size:,} bytes"
+
 
 @dataclass
 class Answer:

@@ -16,11 +16,13 @@ import httpx
 import pytest
 import uvicorn
 
-from llamavision import LlamaVisionClient
+from llamavision import LlamaVisionClient, Message
 from llamavision.cli import main
-from llamavision.emulator import Emulator, EmulatorProcess, EmulatorServer
-from llamavision.errors import ConfigurationError, RateLimitError
+from llamavision.emulator import CONTROL_PREFIX, Emulator, EmulatorProcess, EmulatorServer
+from llamavision.errors import ConfigurationError, RateLimitError, ServerError
 from llamavision.providers import openai_compat
+
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "images" / "red-square.png"
 
 
 async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -131,3 +133,34 @@ def test_the_request_log_in_text_goes_to_stderr(capsys: pytest.CaptureFixture[st
             client.chat("hi")
     (line,) = capsys.readouterr().err.splitlines()
     assert " POST /v1/chat/completions aigateway 200 " in line and line.endswith("ms")
+
+
+def test_a_test_in_another_process_scripts_the_emulator_over_http() -> None:
+    with EmulatorProcess() as server:
+        control = httpx.Client(base_url=f"{server.url}{CONTROL_PREFIX}")
+        reply = {"text": "A red square, scripted.", "usage": [10, 4]}
+        assert control.post("replies", json={"replies": [reply]}).json() == {"ok": True}
+        env = server.env()
+        with LlamaVisionClient(
+            api_key=env["AIGATEWAY_API_KEY"], base_url=env["AIGATEWAY_BASE_URL"], max_retries=0
+        ) as client:
+            answer = client.chat([Message.user("what?", image=SAMPLE)])
+            assert answer.text == "A red square, scripted."
+            control.post("faults", json={"faults": [{"kind": "status", "status": 500}]})
+            with pytest.raises(ServerError):
+                client.chat("what?")
+        (received,) = control.get("requests").json()["requests"]  # the model answered one
+        assert received["images"] == [f"image/png, {len(SAMPLE.read_bytes()):,} bytes"]
+        assert "base64" not in json.dumps(received) and received["messages"][-1]["text"] == "what?"
+        assert control.get("counters").json() == {"requests": 2, "received": 1, "rate_limited": 0}
+        control.post("reset")
+        assert control.get("counters").json()["requests"] == 0
+        bad = control.post("faults", json={"faults": [{"kind": "status", "_until": 1}]})
+        assert bad.status_code == 400 and "Fault" in bad.json()["error"]
+        assert control.get("nothing").status_code == 404
+
+
+def test_the_control_api_is_off_on_request() -> None:
+    with EmulatorServer(Emulator(control=False)) as server:
+        answer = httpx.get(f"{server.url}{CONTROL_PREFIX}counters")
+    assert answer.status_code == 404 and "off" in answer.json()["error"]
