@@ -96,12 +96,24 @@ def _bad(message: str) -> EmulatorError:
     return EmulatorError(400, message, "invalid_request_error")
 
 
-def parse(path: str, headers: dict[str, str], body: Any) -> Received:
-    """Validate a chat completion request and return what it asks."""
+def parse(
+    path: str,
+    headers: dict[str, str],
+    body: Any,
+    *,
+    provider: str = NAME,
+    model: str = openai_compat.DEFAULT_MODEL,
+    unknown_model: EmulatorError | None = None,
+) -> Received:
+    """Validate a chat completion request and return what it asks.
+
+    Other OpenAI-compatible routes (Workers AI's ``/ai/v1/``) pass their provider, model id
+    and unknown-model error.
+    """
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.")
-    if body.get("model") != openai_compat.DEFAULT_MODEL:
-        raise EmulatorError(
+    if body.get("model") != model:
+        raise unknown_model or EmulatorError(
             404, f"The model {body.get('model')!r} does not exist.", "model_not_found"
         )
     messages = body.get("messages")
@@ -176,7 +188,7 @@ def parse(path: str, headers: dict[str, str], body: Any) -> Received:
     if "stream_options" in body and not body.get("stream"):
         raise _bad("stream_options is only allowed when stream is true.")
     return Received(
-        provider=NAME,
+        provider=provider,
         path=path,
         body=body,
         messages=seen,
@@ -200,13 +212,15 @@ def handle(emulator: State, path: str, headers: dict[str, str], raw: bytes) -> R
         raise _bad(f"The request body is not valid JSON: {exc}") from exc
     received = parse(path, headers, body)
     emulator.record(received)
-    answer = emulator.answer(received)
-    request_id = f"req_{next(_ids)}"
+    return render(received, emulator.answer(received), {"x-request-id": f"req_{next(_ids)}"})
+
+
+def render(received: Received, answer: Answer, headers: dict[str, str]) -> Response:
+    """Render an answer as an OpenAI chat completion, or its SSE chunks when streamed."""
     completion_id = f"chatcmpl-emu{next(_ids)}"
-    headers = {"x-request-id": request_id}
     if not received.stream:
         return Response(body=_completion(completion_id, answer), headers=headers, answered=True)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    include_usage = bool((received.body.get("stream_options") or {}).get("include_usage"))
     events = _stream(completion_id, answer, include_usage)
     return Response(events=events, headers=headers, answered=True)
 

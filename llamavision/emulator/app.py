@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
-from llamavision.emulator import aigateway, cloudflare
+from llamavision.emulator import aigateway, cloudflare, cloudflare_openai
 from llamavision.emulator.wire import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_AIGATEWAY_KEY,
@@ -42,7 +42,7 @@ from llamavision.emulator.wire import (
     send_response,
 )
 
-ROUTES: tuple[Route, ...] = (aigateway, cloudflare)
+ROUTES: tuple[Route, ...] = (aigateway, cloudflare, cloudflare_openai)
 """The provider routes this emulator serves, in the order they are matched."""
 
 __all__ = [

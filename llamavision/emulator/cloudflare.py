@@ -64,6 +64,11 @@ _CODES = {
 }
 
 
+def ray_headers() -> dict[str, str]:
+    """Return the ``cf-ray`` header of one answer (Cloudflare's request id)."""
+    return {"cf-ray": f"emu{next(_ids):08x}-LHR"}
+
+
 def matches(path: str) -> bool:
     """Return whether this route serves ``path`` (directly, or through Cloudflare AI Gateway)."""
     return ROUTE.match(path) is not None or GATEWAY_ROUTE.match(path) is not None
@@ -81,7 +86,7 @@ def error_response(error: EmulatorError) -> Response:
             ],
             "messages": [],
         },
-        {"cf-ray": f"emu{next(_ids):08x}-LHR"},
+        ray_headers(),
     )
 
 
@@ -252,7 +257,7 @@ def _run(
         body = json.loads(raw)
     except ValueError as exc:
         raise _bad(f"Invalid JSON body: {exc}") from exc
-    ray = {"cf-ray": f"emu{next(_ids):08x}-LHR"}
+    ray = ray_headers()
     if isinstance(body, dict) and body.get("prompt") == "agree" and "messages" not in body:
         emulator.agreed_accounts.add(account)
         return Response(body=_envelope({"response": THANKS}), headers=ray)
