@@ -23,6 +23,7 @@ from llamavision.emulator.server import (
     emulator_env,
     serve,
     start_unless_configured,
+    use_emulator_unless_configured,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "emulator_env",
     "serve",
     "start_unless_configured",
+    "use_emulator_unless_configured",
 ]

@@ -157,6 +157,11 @@ class EmulatorServer:
         finally:
             started.set()  # a server that failed before starting must not hang start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the server is serving (started, not stopped)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait(self) -> None:
         """Block until the server stops (or the caller is interrupted)."""
         if self._thread is not None:
@@ -293,6 +298,62 @@ def start_unless_configured(
         file=stream or sys.stderr,
     )
     return server
+
+
+_SHARED: EmulatorServer | None = None  # the emulator use_emulator_unless_configured started
+_OWNED: dict[str, str] = {}  # the variables it set, with the values it set
+
+
+def use_emulator_unless_configured(
+    provider: str = "aigateway", stream: TextIO | None = None
+) -> str | None:
+    """Use ``provider`` as configured, or the bundled emulator when its credentials are not set.
+
+    For notebooks and scripts that run again and again in one process: the emulator is started
+    once and reused (restarted if it was stopped); only variables that are not set are set,
+    so a variable the user set (a real key, an account id) is never overwritten; a variable
+    this function set that the user changed since is the user's. Run again after setting the
+    real credentials, it takes its own variables away and the real provider is used.
+
+    Args:
+        provider: the provider the notebook uses (``"aigateway"`` or ``"cloudflare"``).
+        stream: where to say which one answers (default: stdout).
+
+    Returns:
+        The emulator's URL when it answers, ``None`` when the real provider does.
+
+    """
+    global _SHARED
+    out = stream or sys.stdout
+    for name, value in list(_OWNED.items()):
+        if os.environ.get(name) != value:
+            del _OWNED[name]  # changed or removed by the user: theirs now
+    needed = _credential_names(provider)
+    if all(os.environ.get(n) and n not in _OWNED for n in needed):
+        for name in list(_OWNED):
+            del os.environ[name], _OWNED[name]
+        print(f"llamavision: using {provider} with the credentials in the environment.", file=out)
+        return None
+    if _SHARED is None or not _SHARED.running:
+        _SHARED = EmulatorServer().start()
+    for name, value in _SHARED.env().items():
+        if name in _provider_variables(provider) and (name in _OWNED or name not in os.environ):
+            os.environ[name] = _OWNED[name] = value
+    missing = " and ".join(needed)
+    print(
+        f"llamavision: no {missing} set, so {provider} is the bundled emulator at "
+        f"{_SHARED.url}: answers are synthetic. Set {missing} (and run this again) to use the "
+        "real model.",
+        file=out,
+    )
+    return _SHARED.url
+
+
+def _provider_variables(provider: str) -> set[str]:
+    """Return the names of the variables that configure ``provider`` (and its base URLs)."""
+    codec = PROVIDERS[provider]
+    names = [codec.KEY_ENV, codec.ACCOUNT_ENV, codec.BASE_URL_ENV, codec.GATEWAY_BASE_URL_ENV]
+    return {name for name in names if name}
 
 
 def _is_loopback(host: str) -> bool:

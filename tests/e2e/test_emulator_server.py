@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import sys
@@ -18,7 +19,13 @@ import uvicorn
 
 from llamavision import LlamaVisionClient, Message
 from llamavision.cli import main
-from llamavision.emulator import CONTROL_PREFIX, Emulator, EmulatorProcess, EmulatorServer
+from llamavision.emulator import (
+    CONTROL_PREFIX,
+    Emulator,
+    EmulatorProcess,
+    EmulatorServer,
+    use_emulator_unless_configured,
+)
 from llamavision.errors import ConfigurationError, RateLimitError, ServerError
 from llamavision.providers import openai_compat
 
@@ -164,3 +171,30 @@ def test_the_control_api_is_off_on_request() -> None:
     with EmulatorServer(Emulator(control=False)) as server:
         answer = httpx.get(f"{server.url}{CONTROL_PREFIX}counters")
     assert answer.status_code == 404 and "off" in answer.json()["error"]
+
+
+def test_a_notebook_setup_reuses_its_emulator_and_never_overwrites_the_users_variables(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llamavision.emulator import server as module
+
+    for name in ("AIGATEWAY_API_KEY", "AIGATEWAY_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        url = use_emulator_unless_configured("aigateway")
+        assert url and os.environ["AIGATEWAY_BASE_URL"] == f"{url}/v1"
+        assert use_emulator_unless_configured("aigateway") == url  # run again: the same one
+        assert module._SHARED is not None
+        module._SHARED.stop()  # e.g. a cell that stopped it
+        again = use_emulator_unless_configured("aigateway")
+        assert again and again != url and os.environ["AIGATEWAY_BASE_URL"] == f"{again}/v1"
+        monkeypatch.setenv("AIGATEWAY_BASE_URL", "http://proxy.internal/v1")  # the user's
+        use_emulator_unless_configured("aigateway")
+        assert os.environ["AIGATEWAY_BASE_URL"] == "http://proxy.internal/v1"  # untouched
+        monkeypatch.setenv("AIGATEWAY_API_KEY", "sk-real")  # the user's real key now
+        assert use_emulator_unless_configured("aigateway") is None
+        assert os.environ["AIGATEWAY_API_KEY"] == "sk-real"
+        assert "credentials in the environment" in capsys.readouterr().out
+    finally:
+        if module._SHARED is not None:
+            module._SHARED.stop()
