@@ -583,6 +583,8 @@ class _FilesJob:
         path = self.originals.get(os.path.abspath(row["image_path"]), row["image_path"])
         digest = row.get("sha256")
         why = row.pop("error", None)
+        if why is None and isinstance(digest, str) and self.ledger.has_record(path, digest):
+            return  # written already (a Ctrl+C between writing it and counting it)
         if why is not None:
             self.ledger.fail(path, digest, why)
         else:

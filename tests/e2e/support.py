@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +29,19 @@ def assert_copies_share_one_caption(records: list[dict[str, Any]], names: set[st
             assert copy["caption"] == original["caption"]
             assert copy["sha256"] == original["sha256"]
             assert copy["copy_of"] == original["image_path"] and copy["cost_usd"] == 0.0
+
+
+def start_caption_run(*args: str) -> subprocess.Popen[str]:
+    """Start ``llamavision caption ARGS`` in its own process, stderr piped, as at a terminal.
+
+    SIGINT is restored to its default, as Ctrl+C at a terminal finds it: a suite started in
+    the background (``... &``) would pass on an ignored SIGINT, and the run would rightly
+    carry on.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", "llamavision.cli", "caption", *args],
+        env=os.environ.copy(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )

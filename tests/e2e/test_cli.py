@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from llamavision import LlamaVisionClient
 from llamavision.captions import caption_images, load_captions
 from llamavision.cli import build_parser, main
 from llamavision.emulator import Emulator, EmulatorProcess, Fault, Reply
-from tests.e2e.support import assert_copies_share_one_caption, dead_port
+from tests.e2e.support import assert_copies_share_one_caption, dead_port, start_caption_run
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -131,26 +128,7 @@ def test_interrupted_caption_resumes_without_redoing_or_losing_work(
     total = len(list(folder.iterdir()))
     release = emulator.hold(after=2)  # the third request waits until the test says so
     out = tmp_path / "captions.jsonl"
-    command = [
-        sys.executable,
-        "-m",
-        "llamavision.cli",
-        "caption",
-        str(folder),
-        "--out",
-        str(out),
-        "--concurrency",
-        "1",
-    ]
-    proc = subprocess.Popen(
-        command,
-        env=os.environ.copy(),
-        stderr=subprocess.PIPE,
-        text=True,
-        # Ctrl+C at a terminal: a suite started in the background (`... &`) would pass on an
-        # ignored SIGINT, and the run would rightly carry on.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = start_caption_run(str(folder), "--out", str(out), "--concurrency", "1")
     try:
         # With one worker, two captions are written before the third request is sent.
         assert emulator.wait_for_requests(3), "the caption run never sent its third request"

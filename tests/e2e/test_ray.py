@@ -7,11 +7,8 @@ and base URLs reach them pickled with the actors, never through ``runtime_env``.
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,7 +21,7 @@ from llamavision.captions import load_captions
 from llamavision.cli import main
 from llamavision.emulator import Emulator, Fault
 from llamavision.ray import FIELDS, caption_dataset
-from tests.e2e.support import assert_copies_share_one_caption, dead_port
+from tests.e2e.support import assert_copies_share_one_caption, dead_port, start_caption_run
 from tests.e2e.test_scale import make_images
 
 
@@ -175,18 +172,11 @@ def test_an_interrupted_run_writes_every_answered_caption(
     make_images(tmp_path / "images", 40)
     out = tmp_path / "c.jsonl"
     release = emulator.hold(after=6)  # six answers, then every request waits for the test
-    command = [
-        sys.executable, "-m", "llamavision.cli", "caption", str(tmp_path / "images"),
-        "--out", str(out), "--ray", "--ray-actors", "2", "--concurrency", "2",
-        "--ray-address", ray.get_runtime_context().gcs_address, "--progress-every", "1000",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command,
-        env=os.environ.copy(),
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = start_caption_run(
+        str(tmp_path / "images"), "--out", str(out), "--ray", "--ray-actors", "2",
+        "--concurrency", "2", "--ray-address", ray.get_runtime_context().gcs_address,
+        "--progress-every", "1000",
+    )  # fmt: skip
     lines: list[str] = []
     try:
         # Two actors with two requests each: six answered, four held in flight.
