@@ -13,7 +13,13 @@ through the same governor, whether it calls from threads (LangChain's ``batch``)
   pace is probed upward by 2 % a second, so that a run settles just under the provider's
   limit instead of meeting it again and again;
 - an optional ``rate_limit`` (requests per minute, a token bucket) keeps under a published
-  limit from the start.
+  limit from the start;
+- an optional :class:`CircuitBreaker` holds every request back while the provider seems down
+  (connection errors, 5xx answers in a row), lets one probe through now and then, and gives
+  up after a limit (:class:`~llamavision.ProviderOutageError`).
+
+Time held back is counted by reason (:class:`RateStats`): a ``Retry-After`` pause, pacing,
+or an outage.
 
 The admission logic is sans-I/O (``_admit`` and ``_settle`` take the time and hold the lock);
 :meth:`RateGovernor.acquire` and :meth:`RateGovernor.aacquire` only wait. Waiters form one
