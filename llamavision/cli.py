@@ -55,6 +55,7 @@ def _client(args: argparse.Namespace) -> LlamaVisionClient:
         rate_limit=getattr(args, "rate_limit", None),
         outage_after=getattr(args, "outage_after", None),
         outage_limit=getattr(args, "outage_limit", 300.0),
+        timeout=args.timeout,
     )
 
 
@@ -351,6 +352,7 @@ def _caption_on_ray(
         say=say,
         accept_license=args.accept_license,
         max_retries=args.max_retries,
+        timeout=args.timeout,
     )
 
 
@@ -406,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--max-tokens", type=int, default=300, help="the longest answer, in tokens (300)"
+        )
+        p.add_argument(
+            "--timeout",
+            type=_positive,
+            default=60.0,
+            metavar="SECONDS",
+            help="seconds allowed per request (default 60)",
         )
         p.add_argument(
             "--max-retries",
