@@ -174,12 +174,13 @@ def test_the_control_api_is_off_on_request() -> None:
 
 
 def test_a_notebook_setup_reuses_its_emulator_and_never_overwrites_the_users_variables(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from llamavision.emulator import server as module
 
-    for name in ("AIGATEWAY_API_KEY", "AIGATEWAY_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+    saved = dict(os.environ)  # restored as it was: later tests (and notebooks) inherit it
+    os.environ.pop("AIGATEWAY_API_KEY", None)
+    os.environ.pop("AIGATEWAY_BASE_URL", None)
     try:
         url = use_emulator_unless_configured("aigateway")
         assert url and os.environ["AIGATEWAY_BASE_URL"] == f"{url}/v1"
@@ -188,13 +189,17 @@ def test_a_notebook_setup_reuses_its_emulator_and_never_overwrites_the_users_var
         module._SHARED.stop()  # e.g. a cell that stopped it
         again = use_emulator_unless_configured("aigateway")
         assert again and again != url and os.environ["AIGATEWAY_BASE_URL"] == f"{again}/v1"
-        monkeypatch.setenv("AIGATEWAY_BASE_URL", "http://proxy.internal/v1")  # the user's
+        os.environ["AIGATEWAY_BASE_URL"] = "http://proxy.internal/v1"  # the user's own
         use_emulator_unless_configured("aigateway")
         assert os.environ["AIGATEWAY_BASE_URL"] == "http://proxy.internal/v1"  # untouched
-        monkeypatch.setenv("AIGATEWAY_API_KEY", "sk-real")  # the user's real key now
+        os.environ["AIGATEWAY_API_KEY"] = "sk-real"  # the user's real key now
         assert use_emulator_unless_configured("aigateway") is None
         assert os.environ["AIGATEWAY_API_KEY"] == "sk-real"
         assert "credentials in the environment" in capsys.readouterr().out
     finally:
         if module._SHARED is not None:
             module._SHARED.stop()
+        module._SHARED = None
+        module._OWNED.clear()
+        os.environ.clear()
+        os.environ.update(saved)

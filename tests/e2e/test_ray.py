@@ -179,8 +179,9 @@ def test_an_interrupted_run_writes_every_answered_caption(
     )  # fmt: skip
     lines: list[str] = []
     try:
-        # Two actors with two requests each: six answered, four held in flight.
-        assert emulator.wait_for_requests(10, timeout=300), "the job never had 4 in flight"
+        # Six answered, then at least one held in flight (how many depends on how Ray Data
+        # splits the images into blocks over the actors: one block is one actor's).
+        assert emulator.wait_for_requests(7, timeout=600), "the job never sent a 7th request"
         proc.send_signal(signal.SIGINT)
         assert proc.stderr is not None
         for line in proc.stderr:  # until the driver says it waits for those in flight
@@ -196,7 +197,7 @@ def test_an_interrupted_run_writes_every_answered_caption(
     assert proc.returncode == 130, err
     answered = emulator.counters["received"]
     records = load_captions(out)
-    assert 10 <= answered < 40, err  # interrupted before the end...
+    assert 7 <= answered < 40, err  # interrupted before the end...
     assert len(records) == answered, err  # ...with every answered caption written
     assert all(r["caption"] for r in records)
     assert f"interrupted: {answered} captioned" in err and f"{answered} requests" in err
