@@ -8,6 +8,7 @@ import ipaddress
 import os
 import secrets
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -356,6 +357,11 @@ def _provider_variables(provider: str) -> set[str]:
     return {name for name in names if name}
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """Stop serving on SIGTERM as on Ctrl+C: requests in flight finish, the log is written."""
+    raise KeyboardInterrupt
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -406,6 +412,8 @@ def serve(
             "choose them). It is a test tool: keep it on 127.0.0.1 unless you need otherwise.",
             file=stream,
         )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, `kill`: stop as on Ctrl+C
     with EmulatorServer(emulator, port, host=host) as server:
         print(f"llamavision emulator ready at {server.url}", file=stream)
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in server.env().items())
