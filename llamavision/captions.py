@@ -336,6 +336,20 @@ class Ledger:
         """Whether ``path`` has a caption record for these bytes already."""
         return hash((stored_path(path, self.out), digest)) in self.recorded
 
+    def settle(self, path: str | Path, digest: str) -> bool:
+        """Settle an image without a request if the file allows; return whether it did.
+
+        Its path has a record of these bytes: counted as skipped. Its bytes were captioned
+        under another path: a copy of that caption is recorded (:meth:`copy`).
+        """
+        if self.has_record(path, digest):
+            self.summary.skipped += 1
+            return True
+        if self.is_captioned(digest):
+            self.copy(path, digest)
+            return True
+        return False
+
     def is_captioned(self, digest: str) -> bool:
         """Whether these bytes have a caption in the file, under any path."""
         return digest in self.captions
@@ -456,18 +470,16 @@ async def caption_images(
                 return
             if digest in pending:  # the same bytes, being captioned under another path
                 await pending[digest].wait()
-            if ledger.has_record(path, digest):
-                summary.skipped += 1
-            elif ledger.is_captioned(digest):
-                ledger.copy(path, digest)
-            elif digest in errors:
+            if ledger.settle(path, digest):
+                return
+            if digest in errors:
                 ledger.fail(path, digest, errors[digest])
-            else:
-                pending[digest] = asyncio.Event()
-                try:
-                    await caption(path, data, digest)
-                finally:
-                    pending.pop(digest).set()
+                return
+            pending[digest] = asyncio.Event()
+            try:
+                await caption(path, data, digest)
+            finally:
+                pending.pop(digest).set()
 
         async def worker() -> None:
             for item in paths:  # one shared iterator: each image goes to one worker

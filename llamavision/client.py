@@ -205,9 +205,7 @@ class LlamaVisionClient:
                     max_concurrency=max_concurrency,
                     rate_limit=rate_limit,
                     max_pause=max_retry_wait,
-                    breaker=None
-                    if outage_after is None
-                    else CircuitBreaker(outage_after, give_up_after=outage_limit),
+                    breaker=CircuitBreaker.optional(outage_after, outage_limit),
                 )
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None

@@ -154,6 +154,11 @@ class CircuitBreaker:
         self._probe_at = 0.0
         self._probing = False
 
+    @classmethod
+    def optional(cls, outage_after: int | None, outage_limit: float) -> CircuitBreaker | None:
+        """Return the breaker a client's ``outage_after``/``outage_limit`` ask for, if any."""
+        return None if outage_after is None else cls(outage_after, give_up_after=outage_limit)
+
     def wait(self, now: float) -> float:
         """Return 0 when a request may go (a probe, if open), else the seconds to wait.
 

@@ -93,11 +93,10 @@ class SharedRateLimit:
         outage_after: int | None = None,
         outage_limit: float = 300.0,
     ) -> None:
-        breaker = None
-        if outage_after is not None:
-            breaker = CircuitBreaker(outage_after, give_up_after=outage_limit)
         self.governor = RateGovernor(
-            rate_limit=rate_limit, max_concurrency=max_concurrency, breaker=breaker
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
+            breaker=CircuitBreaker.optional(outage_after, outage_limit),
         )
         self.tickets: dict[int, Ticket] = {}
         self.numbers = itertools.count()
@@ -563,11 +562,9 @@ class _FilesJob:
             except OSError as exc:
                 ledger.fail(item, None, f"cannot read: {exc.strerror or exc}")
                 continue
-            if ledger.has_record(item, digest):
-                self.summary.skipped += 1
-            elif ledger.is_captioned(digest):
-                ledger.copy(item, digest)
-            elif digest in first:  # the same bytes twice in one run are captioned once
+            if ledger.settle(item, digest):
+                continue
+            if digest in first:  # the same bytes twice in one run are captioned once
                 self.copies.setdefault(digest, []).append(str(item))
             else:
                 first[digest] = str(item)
