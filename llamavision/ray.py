@@ -360,6 +360,8 @@ class Captioner:
             )
         except LlamaVisionError as exc:
             if exc.account_level:
+                if self.results is not None:  # no actor of the job starts another image
+                    await self.results.stop.remote()
                 raise
             return {"image_path": path, "sha256": digest, "error": exc.message}
         return {**caption_record(path or "", digest, result), "error": None}
@@ -652,6 +654,7 @@ class _FilesJob:
             if error is None or not error.account_level:
                 raise
             self.summary.stopped = error
+            self._finish_in_flight(channel, written, quietly=True)
         finally:
             self.summary.count_rates(ray.get(limiter.stats.remote()))
             stopping.set()  # the images not started come back at once as NOT_SENT rows
@@ -661,11 +664,11 @@ class _FilesJob:
         self.progress()
         return self.summary
 
-    def _finish_in_flight(self, channel: Any, written: int) -> None:
-        """On an interrupt: start nothing more, and write what the requests in flight bring."""
+    def _finish_in_flight(self, channel: Any, written: int, quietly: bool = False) -> None:
+        """On a stop: start nothing more, and write what the requests in flight bring."""
         try:
             in_flight = ray.get(channel.stop.remote())
-            if in_flight:
+            if in_flight and not quietly:
                 self.say(
                     f"Stopping: waiting for the {in_flight} request(s) in flight, already paid "
                     "for, to write their captions (Ctrl+C again to quit at once)."

@@ -115,15 +115,18 @@ def test_read_images_arrays_are_captioned_too(emulator: Emulator, tmp_path: Path
 
 
 def test_an_account_level_error_stops_the_job(emulator: Emulator, tmp_path: Path) -> None:
-    make_images(tmp_path / "images", 20)
+    make_images(tmp_path / "images", 60)
     emulator.fail(Fault("quota", provider="cloudflare", lasting=float("inf")))
     out = tmp_path / "c.jsonl"
     code, _, err = run_cli(
-        "caption", str(tmp_path / "images"), "--out", str(out), "--ray",
-        "--provider", "cloudflare", "--accept-license",
+        "caption", str(tmp_path / "images"), "--out", str(out), "--ray", "--provider",
+        "cloudflare", "--accept-license", "--ray-actors", "2", "--concurrency", "2",
     )  # fmt: skip
     assert code == 1 and "stopped:" in err and "daily reset" in err
     assert load_captions(out) == []
+    # The first account-level answer stops every actor: at most the requests then in flight
+    # follow it, not the rest of the collection (they went on after the job had failed).
+    assert emulator.counters["requests"] <= 2 * 2, emulator.counters
 
 
 def test_actors_together_respect_the_providers_limit(emulator: Emulator, tmp_path: Path) -> None:
