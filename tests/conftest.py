@@ -18,6 +18,12 @@ import pytest
 os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
 os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "300")
 
+# No network in tests: libraries that would try it first and fall back after timeouts (LiteLLM's
+# price list; the Hugging Face tokenizer its cost calculator fetches for Llama models: 48 s of
+# back-off per call) are told at once.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 # Every process this suite starts (Ray's workers included) inherits this mark, so that the
 # suite can check at its end that none outlives it, whatever else runs on the machine.
 SUITE_MARK = f"LLAMAVISION_TEST_SUITE={uuid.uuid4().hex}"
