@@ -37,9 +37,10 @@ from llamavision.captions_file import (
     stored_path,
 )
 from llamavision.client import LlamaVisionClient
-from llamavision.errors import ImageError, LlamaVisionError, missing_extra
+from llamavision.errors import ImageError, LlamaVisionError, NothingCaptionedError, missing_extra
 from llamavision.images import ImageOptions, read_file
 from llamavision.messages import ChatResult, Message
+from llamavision.providers import cost_on_each_provider
 from llamavision.ratelimit import RateStats
 
 logger = logging.getLogger("llamavision")
@@ -111,6 +112,40 @@ class CaptionSummary:
         self.paced = stats.paced - before.paced
         self.outage_wait = stats.outage - before.outage
 
+    def describe(self) -> str:
+        """Return what the run did, for people: counts and cost, then one line per failure.
+
+        Without timings, so that a notebook's committed output does not change from run to run.
+        """
+        copied = f"{self.copied} copied (same bytes as a captioned image), " if self.copied else ""
+        lines = [
+            f"{self.captioned} captioned, {self.skipped} already done, {copied}"
+            f"{len(self.failures)} failed; {self.requests} requests, "
+            f"{self.prompt_tokens + self.completion_tokens:,} tokens, ${self.cost:.6f}"
+        ]
+        lines += [f"  failed: {Path(path).name}: {why}" for path, why in self.failures.items()]
+        return "\n".join(lines)
+
+    def check(self) -> CaptionSummary:
+        """Raise when the run got nowhere; return the summary otherwise (to chain).
+
+        Raises:
+            LlamaVisionError: the account-level error that stopped the run (its message says
+                what to fix).
+            NothingCaptionedError: images failed and none is captioned, by this run or
+                before; the message gives the first reason.
+
+        """
+        if self.stopped is not None:
+            raise self.stopped
+        if self.failures and not (self.captioned or self.skipped or self.copied):
+            path, why = next(iter(self.failures.items()))
+            raise NothingCaptionedError(
+                f"No image was captioned: all {len(self.failures)} failed, the first "
+                f"({Path(path).name}) with: {why} Fix that and run again; nothing is lost."
+            )
+        return self
+
     def as_dict(self) -> dict[str, Any]:
         """Return the summary as plain JSON-ready data."""
         return {
@@ -180,6 +215,27 @@ def _fixed_parts(pattern: str) -> list[str]:
 def load_captions(out: str | Path) -> list[dict[str, Any]]:
     """Read every record of a captions JSONL file (see :func:`iter_captions`)."""
     return list(iter_captions(out))
+
+
+def estimate_cost(captions: str | Path, images: int = 100) -> dict[str, float]:
+    """Return what captioning ``images`` images would cost on each provider, in USD.
+
+    From the mean tokens per image of the captions file's records (copies, which cost
+    nothing, left out) at each provider's published price. The tokens of a file the emulator
+    wrote are its stand-in counts, not the real model's: run this again on the file of a
+    real run (a few of your images) for a real estimate.
+
+    Raises:
+        ValueError: the file has no captioned record to go by.
+
+    """
+    records = CaptionRecords(captions)
+    counted = [meta for _, meta, _ in records if not meta.get("copy_of")]
+    if not counted:
+        raise ValueError(f"{captions} has no captioned image to estimate from.")
+    prompt = sum(m.get("prompt_tokens") or 0 for m in counted) / len(counted)
+    completion = sum(m.get("completion_tokens") or 0 for m in counted) / len(counted)
+    return cost_on_each_provider(round(images * prompt), round(images * completion))
 
 
 class CaptionRecords:

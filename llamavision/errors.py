@@ -197,6 +197,10 @@ class ProviderOutageError(LlamaVisionError):
     account_level = True
 
 
+class NothingCaptionedError(LlamaVisionError):
+    """A captioning run captioned no image: every one it tried failed (see the message)."""
+
+
 class MalformedResponseError(LlamaVisionError):
     """The provider's reply could not be understood."""
 

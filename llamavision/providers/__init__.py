@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llamavision.messages import Usage
 from llamavision.providers import openai_compat, workers_ai
 from llamavision.providers.codec import Codec, StreamParser
 
@@ -10,4 +11,18 @@ PROVIDERS: dict[str, Codec] = {
     workers_ai.NAME: workers_ai,
 }
 
-__all__ = ["PROVIDERS", "Codec", "StreamParser", "openai_compat", "workers_ai"]
+
+def cost_on_each_provider(prompt_tokens: int, completion_tokens: int) -> dict[str, float]:
+    """Return what these tokens cost on each provider, in USD, at its published price."""
+    usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+    return {name: codec.PRICE.cost(usage) for name, codec in PROVIDERS.items()}
+
+
+__all__ = [
+    "PROVIDERS",
+    "Codec",
+    "StreamParser",
+    "cost_on_each_provider",
+    "openai_compat",
+    "workers_ai",
+]

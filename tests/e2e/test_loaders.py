@@ -11,10 +11,11 @@ import pytest
 from colour_embedding import ColourEmbedding
 from langchain_core.documents import Document
 from llama_index.core.indices import MultiModalVectorStoreIndex
+from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import ImageDocument
 
 from langchain_llamavision import CaptionLoader
-from llamaindex_llamavision import CaptionReader
+from llamaindex_llamavision import CaptionReader, LlamaVision
 from llamavision.cli import main
 from llamavision.emulator import Emulator
 
@@ -61,6 +62,35 @@ def test_caption_reader_builds_a_multimodal_index(captions: Path) -> None:
     )
     hits = index.as_retriever(similarity_top_k=1, image_similarity_top_k=1).retrieve("blue")
     assert any(Path(str(getattr(h.node, "image_path", ""))).name == "blue-circle.jpg" for h in hits)
+
+
+def test_query_engines_give_the_model_the_captions_as_context(
+    captions: Path, emulator: Emulator
+) -> None:
+    documents = CaptionReader(documents="both").load_data(captions)
+    texts = [d for d in documents if not isinstance(d, ImageDocument)]
+    images = [d for d in documents if isinstance(d, ImageDocument)]
+    assert len(texts) == len(images) == 4 and not any(d.text for d in images)
+    assert all(Path(d.metadata["image_path"]).is_file() for d in texts)  # where the image is now
+    embedding = ColourEmbedding()
+    index = MultiModalVectorStoreIndex.from_documents(
+        documents, embed_model=embedding, image_embed_model=embedding
+    )
+    llm = LlamaVision(provider="aigateway", accept_license=True)
+    engine = RetrieverQueryEngine.from_args(
+        index.as_retriever(similarity_top_k=1, image_similarity_top_k=1), llm=llm, multimodal=True
+    )
+    emulator.requests.clear()
+    response = engine.query("What is in the blue picture?")
+    (sent,) = emulator.requests
+    context = next(m["text"] for m in sent.messages if "Context information" in m["text"])
+    assert "mostly white and blue" in context  # the blue image's caption, as context
+    assert len(sent.images) == 1  # and one picture: the blue one, by its colour
+    assert "800x600 JPEG image, mostly white and blue" in str(response)
+    with pytest.raises(ValueError, match="'image', 'text' or 'both'"):
+        CaptionReader(documents="images")  # type: ignore[arg-type]
+    only_text = CaptionReader(documents="text").load_data(captions)
+    assert [d.text for d in only_text] == [d.text for d in texts]
 
 
 def test_a_missing_captions_file_says_how_to_make_one(tmp_path: Path) -> None:

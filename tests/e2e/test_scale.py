@@ -20,12 +20,14 @@ from PIL import Image as PILImage
 from llamavision import (
     InsufficientCreditsError,
     LlamaVisionClient,
+    NothingCaptionedError,
     QuotaExceededError,
     RateLimitError,
 )
-from llamavision.captions import caption_images, load_captions
+from llamavision.captions import CaptionSummary, caption_images, estimate_cost, load_captions
 from llamavision.cli import main
 from llamavision.emulator import Emulator, EmulatorProcess, EmulatorServer, Fault
+from llamavision.messages import Price, Usage
 
 PROVIDERS = ["aigateway", "cloudflare"]
 
@@ -161,6 +163,36 @@ def test_per_image_errors_stay_per_image(emulator: Emulator, tmp_path: Path) -> 
     code, _, err = run_cli("caption", str(tmp_path / "images"), "--out", str(tmp_path / "c"))
     assert code == 3 and "2 captioned" in err and "2 failed" in err
     assert len(paths) == 3
+
+
+def test_a_run_that_captioned_nothing_says_why_and_a_rerun_costs_nothing(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    paths = make_images(tmp_path / "images", 3)
+    out = tmp_path / "c.jsonl"
+
+    async def run() -> CaptionSummary:
+        async with client(max_retries=0) as c:
+            return await caption_images(paths, out, c)
+
+    emulator.fail(*[Fault("status", status=400, message="image rejected")] * 3)
+    failed = asyncio.run(run())
+    assert "0 captioned, 0 already done, 3 failed" in failed.describe()
+    assert "failed: img-0000.jpg: " in failed.describe() and "image rejected" in failed.describe()
+    with pytest.raises(NothingCaptionedError, match=r"all 3 failed.*image rejected.*run again"):
+        failed.check()
+    done = asyncio.run(run()).check()  # the provider takes them now
+    assert done.captioned == 3 and "$0.000" in done.describe()
+    again = asyncio.run(run()).check()  # nothing failed, nothing sent: not an error
+    assert (again.skipped, again.requests, again.cost) == (3, 0, 0.0)
+    estimate = estimate_cost(out, images=100)
+    records = [r for r in load_captions(out) if r.get("caption")]  # without the failures
+    prompt = round(100 * sum(r["prompt_tokens"] for r in records) / 3)
+    completion = round(100 * sum(r["completion_tokens"] for r in records) / 3)
+    usage = Usage(prompt, completion, prompt + completion)
+    assert estimate == pytest.approx(
+        {"aigateway": Price(0.049, 0.680).cost(usage), "cloudflare": Price(0.24, 0.24).cost(usage)}
+    )  # the published prices (PROVIDERS.md)
 
 
 # --------------------------------------------------------------------------- emulator limit
