@@ -1,4 +1,4 @@
-"""LangChain integration of llamavision: ``ChatLlamaVision`` and ``CaptionLoader``."""
+"""LangChain integration of llamavision: ``ChatLlamaVision``, ``CaptionLoader``, image RAG."""
 
 from __future__ import annotations
 
@@ -11,5 +11,13 @@ except ImportError as exc:
 
 from langchain_llamavision.chat_models import ChatLlamaVision, local_image_block
 from langchain_llamavision.document_loaders import CaptionLoader
+from langchain_llamavision.rag import WordLlamaEmbeddings, caption_store, image_question
 
-__all__ = ["CaptionLoader", "ChatLlamaVision", "local_image_block"]
+__all__ = [
+    "CaptionLoader",
+    "ChatLlamaVision",
+    "WordLlamaEmbeddings",
+    "caption_store",
+    "image_question",
+    "local_image_block",
+]

@@ -1,6 +1,6 @@
 """LlamaIndex integration of llamavision.
 
-``LlamaVision``, ``LlamaVisionMultiModal`` and ``CaptionReader``.
+``LlamaVision``, ``LlamaVisionMultiModal``, ``CaptionReader`` and the image RAG helpers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,14 @@ except ImportError as exc:
 
 from llamaindex_llamavision.base import LlamaVision
 from llamaindex_llamavision.multi_modal import LlamaVisionMultiModal
+from llamaindex_llamavision.rag import CaptionImages, WordLlamaEmbedding, caption_index
 from llamaindex_llamavision.readers import CaptionReader
 
-__all__ = ["CaptionReader", "LlamaVision", "LlamaVisionMultiModal"]
+__all__ = [
+    "CaptionImages",
+    "CaptionReader",
+    "LlamaVision",
+    "LlamaVisionMultiModal",
+    "WordLlamaEmbedding",
+    "caption_index",
+]

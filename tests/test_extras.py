@@ -79,6 +79,14 @@ finally:
     ray.shutdown()
 assert len(rows) == 1 and rows[0]["error"] is None and "640x480 PNG" in rows[0]["caption"], rows
 """,
+    "rag": """
+from langchain_llamavision import WordLlamaEmbeddings
+from llamaindex_llamavision import WordLlamaEmbedding
+from llamavision import rag
+assert len(WordLlamaEmbeddings().embed_query("a red square")) == 256
+assert len(WordLlamaEmbedding().get_text_embedding("a blue circle")) == 256
+rag.ensure_collection(rag.local_qdrant("index"), "captions", 256)
+""",
 }
 
 # what a missing extra must say, for the modules that need one
@@ -87,6 +95,8 @@ NEEDS = {
     "llamaindex_llamavision": "llamaindex",
     "llamavision.ray": "ray",
 }
+# the extras that bring others with them
+BRINGS = {"rag": {"langchain", "llamaindex"}}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +138,8 @@ def test_each_extra_alone_installs_and_works(
         check=False,
     )
     assert installed.returncode == 0, installed.stderr
-    missing = [(module, needed) for module, needed in NEEDS.items() if needed != extra]
+    brought = {extra, *BRINGS.get(extra, ())}
+    missing = [(module, needed) for module, needed in NEEDS.items() if needed not in brought]
     script = MISSING.format(missing=missing) + USES[extra].format(image=str(IMAGE))
     env = {**os.environ, **emulator_server.env(), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("PYTHONPATH", None)

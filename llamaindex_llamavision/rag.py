@@ -1,0 +1,155 @@
+"""Image RAG over captions with LlamaIndex: WordLlama embeddings and an on-disk Qdrant index.
+
+Needs the ``rag`` extra (``pip install 'llamavision[rag]'``); see :mod:`llamavision.rag`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import ImageNode, MediaResource, NodeWithScore, QueryBundle
+
+from llamaindex_llamavision.readers import CaptionReader
+from llamavision import rag
+from llamavision.captions_file import is_uri
+from llamavision.errors import missing_extra
+
+
+class WordLlamaEmbedding(BaseEmbedding):
+    """WordLlama text embeddings (256 dimensions), offline, from its packaged weights.
+
+    A static embedding model: fast on a CPU, no download, no key. Good enough to find a
+    caption by what it names (colours, objects, places); a provider's embedding model finds
+    paraphrases better.
+
+    Examples:
+        ```python
+        from llamaindex_llamavision import WordLlamaEmbedding
+
+        embed_model = WordLlamaEmbedding()
+        vector = embed_model.get_query_embedding("a red square")
+        ```
+
+    """
+
+    model_name: str = Field(default="wordllama-l2-supercat-256")
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Return the class name."""
+        return "WordLlamaEmbedding"
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return rag.embed([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return rag.embed([query])[0]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return rag.embed([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return rag.embed(texts)
+
+
+class CaptionImages(BaseNodePostprocessor):
+    """Add the image of each retrieved caption, so that a multimodal engine shows it the model.
+
+    A caption index holds text nodes (the prompt's context) with ``image_path`` in their
+    metadata; multimodal query engines send only image nodes as images. This postprocessor
+    keeps every caption and adds, after them, an ``ImageNode`` per caption's image (same
+    score), for ``RetrieverQueryEngine.from_args(..., multimodal=True)`` with
+    :class:`~llamaindex_llamavision.LlamaVision` or ``SimpleMultiModalQueryEngine`` with
+    :class:`~llamaindex_llamavision.LlamaVisionMultiModal`.
+
+    Examples:
+        ```python
+        from llama_index.core.query_engine import RetrieverQueryEngine
+
+        engine = RetrieverQueryEngine.from_args(
+            index.as_retriever(similarity_top_k=1), llm=LlamaVision(), multimodal=True,
+            node_postprocessors=[CaptionImages()],
+        )
+        ```
+
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Return the class name."""
+        return "CaptionImages"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        images = []
+        for found in nodes:
+            where = found.node.metadata.get("image_path")
+            if isinstance(found.node, ImageNode) or not isinstance(where, str):
+                continue
+            resource = MediaResource(**({"url": where} if is_uri(where) else {"path": Path(where)}))
+            image = ImageNode(image_resource=resource, metadata={"image_path": where})
+            images.append(NodeWithScore(node=image, score=found.score))
+        return [*nodes, *images]
+
+
+def caption_index(
+    captions: str | Path,
+    path: str | Path,
+    embed_model: BaseEmbedding | None = None,
+    collection: str = rag.COLLECTION,
+    client: Any = None,
+) -> VectorStoreIndex:
+    """Open the on-disk caption index at ``path`` and add the captions it does not hold yet.
+
+    Built from :class:`CaptionReader` text documents (the output of ``llamavision caption``),
+    one node per image path, keyed by the image's ``sha256`` and path: run it again after
+    captioning more images and only the new captions are embedded. A node keeps
+    ``image_path`` in its metadata; :class:`CaptionImages` turns it into the image for a
+    multimodal query engine.
+
+    Args:
+        captions: the captions file (or what ``caption_dataset`` wrote).
+        path: the index's folder (created if missing).
+        embed_model: the embeddings (default :class:`WordLlamaEmbedding`); keep the same for
+            an index's life.
+        collection: the collection's name.
+        client: an open ``QdrantClient`` to use instead of opening ``path`` (Qdrant's local
+            mode lets one client at a time open a folder).
+
+    Returns:
+        A ``VectorStoreIndex`` over a ``QdrantVectorStore``.
+
+    Examples:
+        ```python
+        from llamaindex_llamavision import caption_index
+
+        index = caption_index("captions.jsonl", "image-index")
+        nodes = index.as_retriever(similarity_top_k=1).retrieve("the blue one")
+        ```
+
+    """
+    try:
+        from llama_index.vector_stores.qdrant import QdrantVectorStore
+    except ImportError as exc:
+        raise missing_extra("rag", "caption_index", exc) from None
+    embed_model = embed_model or WordLlamaEmbedding()
+    client = client or rag.local_qdrant(path)
+    documents = CaptionReader(documents="text").load_data(captions)
+    for doc in documents:
+        doc.id_ = rag.point_id(str(doc.metadata.get("sha256", "")), doc.metadata["image_path"])
+    new = rag.new_ids(client, collection, [doc.id_ for doc in documents])
+    store = QdrantVectorStore(client=client, collection_name=collection)
+    index = VectorStoreIndex.from_vector_store(store, embed_model=embed_model)
+    adding = list({doc.id_: doc for doc in documents if doc.id_ in new}.values())
+    if adding:
+        with warnings.catch_warnings():  # about a payload index it makes, harmless locally
+            warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
+            index.insert_nodes(adding)  # a caption is one node: no splitting
+    return index

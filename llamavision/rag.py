@@ -1,0 +1,137 @@
+"""What image RAG over captions needs, for both frameworks: offline embeddings and an on-disk index.
+
+The ``rag`` extra (``pip install 'llamavision[rag]'``) brings two things that run in-process
+and offline:
+
+- **WordLlama** (``wordllama``), a static embedding model whose 256-dimension weights and
+  tokenizer ship inside its PyPI wheel (19 MB). Its own ``WordLlama.load()`` looks for the
+  tokenizer under ``tokenizer/`` while the wheel has ``tokenizers/``, so it tries to download;
+  :func:`wordllama_model` loads the packaged files and never downloads.
+- **Qdrant's local mode** (``qdrant-client``): a vector index in a folder, no server, with
+  maintained integrations in LangChain (``langchain-qdrant``) and LlamaIndex
+  (``llama-index-vector-stores-qdrant``), filters on payload fields, and the same API as a
+  Qdrant server when a collection outgrows one machine.
+
+Each image path's caption is one point, whose id (:func:`point_id`) comes from the image's
+``sha256`` and path: adding the captions of new images to an existing index embeds only
+those (:func:`new_ids`). The framework adapters (``langchain_llamavision.caption_store``,
+``llamaindex_llamavision.caption_index``) only translate types.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from llamavision.errors import ConfigurationError, missing_extra
+
+COLLECTION = "captions"
+"""The collection the caption indexes use unless told otherwise."""
+WORDLLAMA_DIMENSIONS = 256
+_OPEN: dict[Path, Any] = {}  # folder -> the client that has it open
+_NAMESPACE = uuid.UUID("6f1c1b0e-3f4e-4d8a-9a51-2f2d0c8f7a11")  # llamavision's point ids
+
+
+@functools.lru_cache(maxsize=1)
+def wordllama_model() -> Any:
+    """Return the WordLlama model of the installed ``wordllama`` wheel (loaded once).
+
+    Raises:
+        MissingExtraError: ``wordllama`` is not installed.
+        FileNotFoundError: the wheel has no packaged weights (never downloads instead).
+
+    """
+    try:
+        import wordllama  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise missing_extra("rag", "WordLlama embeddings", exc) from None
+    packaged = Path(wordllama.__file__).parent  # holds weights/ and tokenizers/
+    return wordllama.WordLlama.load(
+        cache_dir=packaged, dim=WORDLLAMA_DIMENSIONS, disable_download=True
+    )
+
+
+def embed(texts: Sequence[str]) -> list[list[float]]:
+    """Embed ``texts`` with WordLlama (unit-length vectors, for cosine similarity)."""
+    if not texts:
+        return []
+    vectors = wordllama_model().embed(list(texts), norm=True)
+    return [[float(x) for x in row] for row in vectors]
+
+
+def point_id(sha256: str, image_path: str) -> str:
+    """Return the index id of one image path's caption: the same for the same bytes and path."""
+    return str(uuid.uuid5(_NAMESPACE, f"{sha256}\0{image_path}"))
+
+
+def local_qdrant(path: str | Path) -> Any:
+    """Return this process's Qdrant client of the index in the folder ``path`` (made if new).
+
+    Qdrant's local mode lets one client at a time open a folder, so a folder opened before
+    (a notebook cell run again) gives the same client, unless it was closed since.
+
+    Raises:
+        MissingExtraError: ``qdrant-client`` is not installed.
+
+    """
+    try:
+        from qdrant_client import QdrantClient
+    except ImportError as exc:
+        raise missing_extra("rag", "An on-disk caption index", exc) from None
+    folder = Path(path).resolve()
+    client = _OPEN.get(folder)
+    if client is not None:
+        try:
+            client.get_collections()
+            return client
+        except Exception:  # closed: open it again
+            del _OPEN[folder]
+    folder.mkdir(parents=True, exist_ok=True)
+    client = _OPEN[folder] = QdrantClient(path=str(folder))
+    return client
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close the open indexes before the interpreter goes (their own finaliser fails then)."""
+    for client in _OPEN.values():
+        with contextlib.suppress(Exception):
+            client.close()
+    _OPEN.clear()
+
+
+def ensure_collection(client: Any, collection: str, dimensions: int) -> None:
+    """Create ``collection`` (cosine distance) unless it exists.
+
+    Raises:
+        ConfigurationError: it exists, made for embeddings of another dimension.
+
+    """
+    from qdrant_client.models import Distance, VectorParams
+
+    if not client.collection_exists(collection):
+        client.create_collection(
+            collection, vectors_config=VectorParams(size=dimensions, distance=Distance.COSINE)
+        )
+        return
+    size = getattr(client.get_collection(collection).config.params.vectors, "size", dimensions)
+    if size != dimensions:
+        raise ConfigurationError(
+            f"The index's collection {collection!r} holds {size}-dimension vectors, and these "
+            f"embeddings make {dimensions}: use the embeddings it was built with, or a new "
+            "folder (or collection) for these."
+        )
+
+
+def new_ids(client: Any, collection: str, ids: Iterable[str]) -> set[str]:
+    """Return those of ``ids`` that ``collection`` does not hold yet (all, if it is missing)."""
+    wanted = list(dict.fromkeys(ids))
+    if not wanted or not client.collection_exists(collection):
+        return set(wanted)
+    held = client.retrieve(collection, wanted, with_payload=False, with_vectors=False)
+    return set(wanted) - {str(point.id) for point in held}
