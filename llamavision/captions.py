@@ -126,8 +126,8 @@ class CaptionSummary:
         lines += [f"  failed: {Path(path).name}: {why}" for path, why in self.failures.items()]
         return "\n".join(lines)
 
-    def check(self) -> CaptionSummary:
-        """Raise when the run got nowhere; return the summary otherwise (to chain).
+    def check(self) -> None:
+        """Raise when the run got nowhere (for notebooks and scripts that go on with the captions).
 
         Raises:
             LlamaVisionError: the account-level error that stopped the run (its message says
@@ -144,7 +144,6 @@ class CaptionSummary:
                 f"No image was captioned: all {len(self.failures)} failed, the first "
                 f"({Path(path).name}) with: {why} Fix that and run again; nothing is lost."
             )
-        return self
 
     def as_dict(self) -> dict[str, Any]:
         """Return the summary as plain JSON-ready data."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -46,10 +47,14 @@ def wordllama_model() -> Any:
         FileNotFoundError: the wheel has no packaged weights (never downloads instead).
 
     """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         import wordllama  # type: ignore[import-untyped]
     except ImportError as exc:
         raise missing_extra("rag", "WordLlama embeddings", exc) from None
+    finally:  # its import calls logging.basicConfig(level=INFO): every library's INFO lines
+        root.handlers[:], root.level = handlers, level  # would show (httpx's, per request)
     packaged = Path(wordllama.__file__).parent  # holds weights/ and tokenizers/
     return wordllama.WordLlama.load(
         cache_dir=packaged, dim=WORDLLAMA_DIMENSIONS, disable_download=True

@@ -42,6 +42,8 @@ def copy_of(path: Path, tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "examples" / "images", tmp_path / "examples" / "images")
     for stale in (tmp_path / "examples" / "images").glob("captions-*.jsonl"):
         stale.unlink()  # left by an earlier run in the checkout
+    for stale in (tmp_path / "examples" / "images").glob("index-*"):
+        shutil.rmtree(stale)
     return tmp_path / "notebooks" / path.name
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import HumanMessage
-from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.query_engine import SimpleMultiModalQueryEngine
 from PIL import Image, ImageDraw
 
 from langchain_llamavision import (
@@ -23,7 +23,7 @@ from langchain_llamavision import (
 )
 from llamaindex_llamavision import (
     CaptionImages,
-    LlamaVision,
+    LlamaVisionMultiModal,
     WordLlamaEmbedding,
     caption_index,
 )
@@ -183,10 +183,9 @@ def test_a_llamaindex_engine_shows_the_model_the_retrieved_image(
     captioned: Path, emulator: Emulator, tmp_path: Path
 ) -> None:
     index = caption_index(captioned, tmp_path / "index")
-    engine = RetrieverQueryEngine.from_args(
-        index.as_retriever(similarity_top_k=1),
-        llm=LlamaVision(accept_license=True),
-        multimodal=True,
+    engine = SimpleMultiModalQueryEngine(  # in every supported llama-index (see the README)
+        retriever=index.as_retriever(similarity_top_k=1),
+        multi_modal_llm=LlamaVisionMultiModal(accept_license=True),
         node_postprocessors=[CaptionImages()],
     )
     emulator.requests.clear()

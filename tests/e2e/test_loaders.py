@@ -8,16 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from colour_embedding import ColourEmbedding
 from langchain_core.documents import Document
 from llama_index.core.indices import MultiModalVectorStoreIndex
-from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import ImageDocument
 
 from langchain_llamavision import CaptionLoader
-from llamaindex_llamavision import CaptionReader, LlamaVision
+from llamaindex_llamavision import CaptionReader, LlamaVisionMultiModal
 from llamavision.cli import main
 from llamavision.emulator import Emulator
+from tests.colour_embedding import ColourEmbedding
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -76,9 +75,10 @@ def test_query_engines_give_the_model_the_captions_as_context(
     index = MultiModalVectorStoreIndex.from_documents(
         documents, embed_model=embedding, image_embed_model=embedding
     )
-    llm = LlamaVision(provider="aigateway", accept_license=True)
-    engine = RetrieverQueryEngine.from_args(
-        index.as_retriever(similarity_top_k=1, image_similarity_top_k=1), llm=llm, multimodal=True
+    engine = index.as_query_engine(  # a multimodal engine, in every supported llama-index
+        llm=LlamaVisionMultiModal(provider="aigateway", accept_license=True),
+        similarity_top_k=1,
+        image_similarity_top_k=1,
     )
     emulator.requests.clear()
     response = engine.query("What is in the blue picture?")

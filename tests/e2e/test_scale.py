@@ -181,9 +181,11 @@ def test_a_run_that_captioned_nothing_says_why_and_a_rerun_costs_nothing(
     assert "failed: img-0000.jpg: " in failed.describe() and "image rejected" in failed.describe()
     with pytest.raises(NothingCaptionedError, match=r"all 3 failed.*image rejected.*run again"):
         failed.check()
-    done = asyncio.run(run()).check()  # the provider takes them now
+    done = asyncio.run(run())  # the provider takes them now
+    done.check()
     assert done.captioned == 3 and "$0.000" in done.describe()
-    again = asyncio.run(run()).check()  # nothing failed, nothing sent: not an error
+    again = asyncio.run(run())
+    again.check()  # nothing failed, nothing sent: not an error
     assert (again.skipped, again.requests, again.cost) == (3, 0, 0.0)
     estimate = estimate_cost(out, images=100)
     records = [r for r in load_captions(out) if r.get("caption")]  # without the failures

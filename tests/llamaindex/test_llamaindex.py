@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from colour_embedding import ColourEmbedding
 from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.base.llms.types import ToolCallBlock
 from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock
@@ -34,6 +33,7 @@ from llamavision import (
 )
 from llamavision import messages as core
 from llamavision.emulator import Emulator, EmulatorServer, Fault, Reply
+from tests.colour_embedding import ColourEmbedding
 from tests.recorded import (
     LLAMA_CPP_PYTHON_TOOL_STREAM,
     LLAMA_SERVER_TOOL_STREAM,

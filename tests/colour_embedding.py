@@ -1,4 +1,4 @@
-"""A deterministic, download-free multimodal embedding for the offline notebooks and tests.
+"""A deterministic, download-free multimodal embedding for the tests of multimodal indexes.
 
 Images are embedded by their colours, text by the colour words it names, in the same
 three-dimensional space, so "the blue one" finds the blue image. It is a stand-in for CLIP
