@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -9,6 +10,23 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "images" / "red-square.png"
+SAMPLE_DATA_URL = "data:image/png;base64," + base64.b64encode(SAMPLE.read_bytes()).decode()
+"""The red-square sample as a ``data:`` URL, as OpenAI-style clients send images."""
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+"""An OpenAI-style tool, for the clients that drive the emulator's OpenAI-compatible routes."""
 
 
 def dead_port() -> int:

@@ -8,32 +8,17 @@ OpenAI's own, which LiteLLM's ``openai/`` provider calls.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import litellm
 import pytest
 
 from llamavision.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_CLOUDFLARE_TOKEN, Emulator
 from llamavision.emulator.server import EmulatorServer
+from tests.e2e.support import SAMPLE_DATA_URL, WEATHER_TOOL
 
 MODEL = "cloudflare/@cf/meta/llama-3.2-11b-vision-instruct"
-SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "images" / "red-square.png"
-IMAGE = "data:image/png;base64," + base64.b64encode(SAMPLE.read_bytes()).decode()
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @pytest.fixture
@@ -66,7 +51,7 @@ def test_an_image_streamed(cloudflare: dict[str, str], emulator: Emulator) -> No
             "role": "user",
             "content": [
                 {"type": "text", "text": "What is this?"},
-                {"type": "image_url", "image_url": {"url": IMAGE}},
+                {"type": "image_url", "image_url": {"url": SAMPLE_DATA_URL}},
             ],
         }
     ]
@@ -74,7 +59,7 @@ def test_an_image_streamed(cloudflare: dict[str, str], emulator: Emulator) -> No
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(chunks) > 2 and "synthetic answer" in text and "(cloudflare)" in text
     (received,) = emulator.requests
-    assert received.images == [IMAGE] and received.stream
+    assert received.images == [SAMPLE_DATA_URL] and received.stream
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -82,7 +67,7 @@ def test_a_tool_call(cloudflare: dict[str, str], stream: bool) -> None:
     reply = litellm.completion(
         MODEL,
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=[WEATHER],
+        tools=[WEATHER_TOOL],
         tool_choice="required",
         stream=stream,
         **cloudflare,

@@ -7,31 +7,16 @@ rate limits and faults as the native ``/ai/run/`` route; Cloudflare's error enve
 
 from __future__ import annotations
 
-import base64
 import json
-from pathlib import Path
 
 import openai
 import pytest
 
 from llamavision.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_CLOUDFLARE_TOKEN, Emulator, Fault
 from llamavision.emulator.server import EmulatorServer
+from tests.e2e.support import SAMPLE_DATA_URL, WEATHER_TOOL
 
 MODEL = "@cf/meta/llama-3.2-11b-vision-instruct"
-SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "images" / "red-square.png"
-IMAGE = "data:image/png;base64," + base64.b64encode(SAMPLE.read_bytes()).decode()
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @pytest.fixture
@@ -50,7 +35,7 @@ def test_an_image_question_with_the_license_gate(sdk: openai.OpenAI, emulator: E
             "role": "user",
             "content": [
                 {"type": "text", "text": "What is this?"},
-                {"type": "image_url", "image_url": {"url": IMAGE}},
+                {"type": "image_url", "image_url": {"url": SAMPLE_DATA_URL}},
             ],
         }
     ]
@@ -65,7 +50,7 @@ def test_an_image_question_with_the_license_gate(sdk: openai.OpenAI, emulator: E
     assert "(cloudflare)" in (answer.choices[0].message.content or "")
     assert answer.usage is not None and answer.usage.prompt_tokens > 0
     (received,) = emulator.requests
-    assert received.provider == "cloudflare" and received.images == [IMAGE]
+    assert received.provider == "cloudflare" and received.images == [SAMPLE_DATA_URL]
 
 
 def test_a_streamed_tool_call(sdk: openai.OpenAI) -> None:
@@ -73,7 +58,7 @@ def test_a_streamed_tool_call(sdk: openai.OpenAI) -> None:
     stream = sdk.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
         tool_choice="required",
         stream=True,
         stream_options={"include_usage": True},
