@@ -1,11 +1,12 @@
 """The notebooks as a reader runs them: Run All twice in one kernel, with real keys, on GitHub.
 
-CI also executes each notebook once (``nbmake``); these tests check what a second run and a
-user's own credentials need: the setup cell reuses its emulator, never overwrites a variable
-the user set, and a second run sends no caption request. They run copies of the notebooks
-(and of their images), so that the captions files they write stay out of the checkout. And
-the outputs committed with the notebooks (``scripts/run-notebooks``) must be there, and must
-show nothing private.
+These tests are how the suite executes the notebooks: every cell must run without an error,
+twice in one kernel (the setup cell reuses its emulator, and a second run sends no caption
+request), and with a user's own credentials (never overwritten). They run copies of the
+notebooks and of their images in a temporary folder, so that the captions files and indexes
+the notebooks write stay out of the checkout (an index written by one lock's qdrant-client
+cannot be read by the other's). And the outputs committed with the notebooks
+(``scripts/run-notebooks``) must be there, and must show nothing private.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,15 @@ from typing import Any
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "images" / "red-square.png"
 SAMPLE_DATA_URL = "data:image/png;base64," + base64.b64encode(SAMPLE.read_bytes()).decode()
 """The red-square sample as a ``data:`` URL, as OpenAI-style clients send images."""
+SAMPLES = SAMPLE.parent
+
+
+def copy_samples(destination: Path) -> Path:
+    """Copy the sample images, without what a notebook run leaves beside them; return it."""
+    shutil.copytree(SAMPLES, destination, ignore=shutil.ignore_patterns("captions-*", "index-*"))
+    return destination
+
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {

@@ -13,10 +13,15 @@ import pytest
 from PIL import Image as PILImage
 
 from llamavision import LlamaVisionClient
-from llamavision.captions import caption_images, load_captions
+from llamavision.captions import caption_images, find_images, load_captions
 from llamavision.cli import build_parser, main
 from llamavision.emulator import Emulator, EmulatorProcess, Fault, Reply
-from tests.e2e.support import assert_copies_share_one_caption, dead_port, start_caption_run
+from tests.e2e.support import (
+    assert_copies_share_one_caption,
+    copy_samples,
+    dead_port,
+    start_caption_run,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -29,9 +34,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    images = tmp_path / "images"
-    shutil.copytree(SAMPLES, images)
-    return images
+    return copy_samples(tmp_path / "images")
 
 
 def test_ask_streams_the_answer_from_the_configured_provider(emulator: Emulator) -> None:
@@ -125,7 +128,7 @@ def test_interrupted_caption_resumes_without_redoing_or_losing_work(
 ) -> None:
     for i in range(6):
         PILImage.new("RGB", (50, 50), (i * 40, 0, 0)).save(folder / f"extra-{i}.png")
-    total = len(list(folder.iterdir()))
+    total = len(find_images(folder))
     release = emulator.hold(after=2)  # the third request waits until the test says so
     out = tmp_path / "captions.jsonl"
     proc = start_caption_run(str(folder), "--out", str(out), "--concurrency", "1")

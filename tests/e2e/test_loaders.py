@@ -17,6 +17,7 @@ from llamaindex_llamavision import CaptionReader, LlamaVisionMultiModal
 from llamavision.cli import main
 from llamavision.emulator import Emulator
 from tests.colour_embedding import ColourEmbedding
+from tests.e2e.support import copy_samples
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -24,7 +25,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 @pytest.fixture
 def captions(emulator: Emulator, tmp_path: Path) -> Path:
     """The output of ``llamavision caption`` over the samples, plus an error row and a torn line."""
-    shutil.copytree(SAMPLES, tmp_path / "images")
+    copy_samples(tmp_path / "images")
     out = tmp_path / "captions.jsonl"
     code = main(
         ["caption", str(tmp_path / "images"), "--out", str(out)], io.StringIO(), io.StringIO()
@@ -101,7 +102,7 @@ def test_a_missing_captions_file_says_how_to_make_one(tmp_path: Path) -> None:
 
 
 def test_both_paths_of_one_photo_load_with_its_caption(emulator: Emulator, tmp_path: Path) -> None:
-    shutil.copytree(SAMPLES, tmp_path / "images")
+    copy_samples(tmp_path / "images")
     shutil.copy(tmp_path / "images" / "sunset.jpg", tmp_path / "images" / "sunset-2.jpg")
     out = tmp_path / "captions.jsonl"
     main(["caption", str(tmp_path / "images"), "--out", str(out)], io.StringIO(), io.StringIO())
