@@ -30,10 +30,13 @@ SUITE_MARK = f"LLAMAVISION_TEST_SUITE={uuid.uuid4().hex}"
 os.environ["LLAMAVISION_TEST_SUITE"] = SUITE_MARK.split("=", 1)[1]
 
 
-def suite_processes() -> dict[int, str]:
-    """Return ``{pid: command line}`` of the live processes this suite started (Linux)."""
+def suite_processes(marked: str = SUITE_MARK) -> dict[int, str]:
+    """Return ``{pid: command line}`` of the live processes whose environment has ``marked``.
+
+    By default the processes this suite started (Linux).
+    """
     found = {}
-    mark = SUITE_MARK.encode()
+    mark = marked.encode()
     for entry in Path("/proc").glob("[0-9]*"):
         pid = int(entry.name)
         if pid == os.getpid():
