@@ -86,17 +86,14 @@ def caption_store(
         raise missing_extra("rag", "caption_store", exc) from None
     embedding = embedding or WordLlamaEmbeddings()
     client = client or rag.local_qdrant(path)
-    documents = CaptionLoader(captions).load()
-    ids = [_id(doc) for doc in documents]
-    new = rag.new_ids(client, collection, ids)
+    adding = rag.not_held(client, collection, CaptionLoader(captions).lazy_load())
     rag.ensure_collection(client, collection, len(embedding.embed_query("dimension")))
     store = QdrantVectorStore(  # checked above, without embedding a probe document
         client=client, collection_name=collection, embedding=embedding,
         validate_collection_config=False,
     )  # fmt: skip
-    adding = [(doc, i) for doc, i in zip(documents, ids, strict=True) if i in new]
     if adding:
-        store.add_documents([doc for doc, _ in adding], ids=[i for _, i in adding])
+        store.add_documents(list(adding.values()), ids=list(adding))
     return store
 
 
@@ -132,9 +129,3 @@ def image_question(question: str, documents: list[Document]) -> list[HumanMessag
             {"type": "image", "url": where} if is_uri(where) else local_image_block(where)
         )
     return [HumanMessage(content_blocks=blocks)]  # type: ignore[arg-type]
-
-
-def _id(document: Document) -> str:
-    """Return the point id of a caption document."""
-    metadata = document.metadata
-    return rag.point_id(str(metadata.get("sha256", "")), str(metadata.get("image_path", "")))

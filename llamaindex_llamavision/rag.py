@@ -141,15 +141,14 @@ def caption_index(
         raise missing_extra("rag", "caption_index", exc) from None
     embed_model = embed_model or WordLlamaEmbedding()
     client = client or rag.local_qdrant(path)
-    documents = CaptionReader(documents="text").load_data(captions)
-    for doc in documents:
-        doc.id_ = rag.point_id(str(doc.metadata.get("sha256", "")), doc.metadata["image_path"])
-    new = rag.new_ids(client, collection, [doc.id_ for doc in documents])
+    documents = CaptionReader(documents="text").lazy_load_data(captions)
+    adding = rag.not_held(client, collection, documents)
+    for point, doc in adding.items():
+        doc.id_ = point  # the node's id is the Qdrant point's
     store = QdrantVectorStore(client=client, collection_name=collection)
     index = VectorStoreIndex.from_vector_store(store, embed_model=embed_model)
-    adding = list({doc.id_: doc for doc in documents if doc.id_ in new}.values())
     if adding:
         with warnings.catch_warnings():  # about a payload index it makes, harmless locally
             warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
-            index.insert_nodes(adding)  # a caption is one node: no splitting
+            index.insert_nodes(list(adding.values()))  # a caption is one node: no splitting
     return index

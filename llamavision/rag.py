@@ -14,7 +14,7 @@ and offline:
 
 Each image path's caption is one point, whose id (:func:`point_id`) comes from the image's
 ``sha256`` and path: adding the captions of new images to an existing index embeds only
-those (:func:`new_ids`). The framework adapters (``langchain_llamavision.caption_store``,
+those (:func:`not_held`). The framework adapters (``langchain_llamavision.caption_store``,
 ``llamaindex_llamavision.caption_index``) only translate types.
 """
 
@@ -25,12 +25,13 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llamavision.errors import ConfigurationError, missing_extra
 
+T = TypeVar("T")
 COLLECTION = "captions"
 """The collection the caption indexes use unless told otherwise."""
 WORDLLAMA_DIMENSIONS = 256
@@ -69,8 +70,12 @@ def embed(texts: Sequence[str]) -> list[list[float]]:
     return [[float(x) for x in row] for row in vectors]
 
 
-def point_id(sha256: str, image_path: str) -> str:
-    """Return the index id of one image path's caption: the same for the same bytes and path."""
+def point_id(metadata: Mapping[str, Any]) -> str:
+    """Return the index id of a caption document: the same for the same bytes and path.
+
+    From the document's metadata, its ``sha256`` and ``image_path``.
+    """
+    sha256, image_path = metadata.get("sha256", ""), metadata.get("image_path", "")
     return str(uuid.uuid5(_NAMESPACE, f"{sha256}\0{image_path}"))
 
 
@@ -133,10 +138,16 @@ def ensure_collection(client: Any, collection: str, dimensions: int) -> None:
         )
 
 
-def new_ids(client: Any, collection: str, ids: Iterable[str]) -> set[str]:
-    """Return those of ``ids`` that ``collection`` does not hold yet (all, if it is missing)."""
-    wanted = list(dict.fromkeys(ids))
+def not_held(client: Any, collection: str, documents: Iterable[T]) -> dict[str, T]:
+    """Return, by :func:`point_id`, the caption documents ``collection`` does not hold yet.
+
+    ``documents`` are the frameworks' own (anything with a ``metadata`` mapping); one per id.
+    All of them when the collection does not exist yet.
+    """
+    wanted = {point_id(doc.metadata): doc for doc in documents}  # type: ignore[attr-defined]
     if not wanted or not client.collection_exists(collection):
-        return set(wanted)
-    held = client.retrieve(collection, wanted, with_payload=False, with_vectors=False)
-    return set(wanted) - {str(point.id) for point in held}
+        return wanted
+    held = client.retrieve(collection, list(wanted), with_payload=False, with_vectors=False)
+    for point in held:
+        wanted.pop(str(point.id), None)
+    return wanted
