@@ -112,15 +112,21 @@ class CaptionSummary:
         self.paced = stats.paced - before.paced
         self.outage_wait = stats.outage - before.outage
 
+    def counts(self) -> str:
+        """Return the images' counts in words: captioned, already done, copied (if any), failed."""
+        copied = f"{self.copied} copied (same bytes as a captioned image), " if self.copied else ""
+        return (
+            f"{self.captioned} captioned, {self.skipped} already done, {copied}"
+            f"{len(self.failures)} failed"
+        )
+
     def describe(self) -> str:
         """Return what the run did, for people: counts and cost, then one line per failure.
 
         Without timings, so that a notebook's committed output does not change from run to run.
         """
-        copied = f"{self.copied} copied (same bytes as a captioned image), " if self.copied else ""
         lines = [
-            f"{self.captioned} captioned, {self.skipped} already done, {copied}"
-            f"{len(self.failures)} failed; {self.requests} requests, "
+            f"{self.counts()}; {self.requests} requests, "
             f"{self.prompt_tokens + self.completion_tokens:,} tokens, ${self.cost:.6f}"
         ]
         lines += [f"  failed: {Path(path).name}: {why}" for path, why in self.failures.items()]

@@ -196,10 +196,7 @@ def _report(summary: CaptionSummary, out_path: str, err: TextIO) -> None:
     if summary.outage_wait:
         waits.append(f"{summary.outage_wait:.1f}s waiting out an outage")
     print(
-        f"{state}: {summary.captioned} captioned, {summary.skipped} already done, "
-        + (f"{summary.copied} copied (same bytes as a captioned image), " if summary.copied else "")
-        + f"{len(summary.failures)} failed in {summary.seconds:.1f}s; "
-        f"{summary.requests} requests, "
+        f"{state}: {summary.counts()} in {summary.seconds:.1f}s; {summary.requests} requests, "
         f"{summary.prompt_tokens + summary.completion_tokens:,} tokens, ${summary.cost:.6f}; "
         f"{', '.join(waits)}. Captions in {out_path}.",
         file=err,

@@ -25,6 +25,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from llamavision.emulator import DEFAULT_AIGATEWAY_KEY, DEFAULT_CLOUDFLARE_TOKEN, Emulator
+from tests.e2e.support import copy_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -40,11 +41,7 @@ PRIVATE = re.compile(
 def copy_of(path: Path, tmp_path: Path) -> Path:
     """Copy the notebooks folder and the example images as laid out in the repository."""
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(ROOT / "examples" / "images", tmp_path / "examples" / "images")
-    for stale in (tmp_path / "examples" / "images").glob("captions-*.jsonl"):
-        stale.unlink()  # left by an earlier run in the checkout
-    for stale in (tmp_path / "examples" / "images").glob("index-*"):
-        shutil.rmtree(stale)
+    copy_samples(tmp_path / "examples" / "images")  # without an earlier run's captions, index
     return tmp_path / "notebooks" / path.name
 
 
