@@ -64,7 +64,7 @@ CONTROL_ACTIONS = {
     ("POST", "replies"): 'queue replies: {"replies": [Reply fields...]} (Emulator.script)',
     ("POST", "faults"): 'queue faults: {"faults": [Fault fields...]} (Emulator.fail)',
     ("GET", "requests"): "the received requests, images as type and size (Received.summary)",
-    ("GET", "counters"): "requests, received, rate_limited (Emulator.counters)",
+    ("GET", "counters"): "requests, received, rate_limited, embedded (Emulator.counters)",
     ("POST", "reset"): "forget what was queued and received (Emulator.reset)",
     ("POST", "hold"): 'hold requests after the first N: {"after": N} (Emulator.hold)',
     ("POST", "release"): "answer the held requests (Emulator.release)",
@@ -141,7 +141,8 @@ class Emulator:
     Attributes:
         requests: the latest received model requests, oldest first.
         counters: ``requests`` (model requests, whatever the answer), ``received`` (those
-            the model answered) and ``rate_limited`` (refused by the rate limit).
+            the model answered), ``rate_limited`` (refused by the rate limit) and
+            ``embedded`` (texts embedded by Workers AI's bge models).
 
     """
 
@@ -177,7 +178,7 @@ class Emulator:
         self._faults: list[Fault] = []
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
-        self.counters = {"requests": 0, "received": 0, "rate_limited": 0}
+        self.counters = {"requests": 0, "received": 0, "rate_limited": 0, "embedded": 0}
         self.gateway_token = gateway_token
         self.latency = latency
         self.gateway_cache: dict[str, tuple[float, Response]] = {}
@@ -295,6 +296,11 @@ class Emulator:
                     del self._faults[i]
                 return fault
         return None
+
+    def count_embedded(self, texts: int) -> None:
+        """Count the texts of an embedding run (its request counts in ``requests`` too)."""
+        with self._lock:
+            self.counters["embedded"] += texts
 
     def record(self, received: Received) -> None:
         """Remember a received request (credentials only as whether they were accepted)."""

@@ -251,12 +251,14 @@ def _run(
     """Serve one Workers AI run, with the license gate."""
     if not emulator.check_key(NAME, headers):
         raise auth_error()
-    if model != workers_ai.DEFAULT_MODEL:
+    if model != workers_ai.DEFAULT_MODEL and model not in workers_ai.EMBEDDING_MODELS:
         raise EmulatorError(400, f"No such model {model}", 5007)
     try:
         body = json.loads(raw)
     except ValueError as exc:
         raise _bad(f"Invalid JSON body: {exc}") from exc
+    if model in workers_ai.EMBEDDING_MODELS:
+        return _embeddings(emulator, model, body)
     ray = ray_headers()
     if isinstance(body, dict) and body.get("prompt") == "agree" and "messages" not in body:
         emulator.agreed_accounts.add(account)
@@ -271,6 +273,47 @@ def _run(
     shape = emulator.cloudflare_stream_shape
     events = _choices_stream(answer) if shape == "choices" else _response_stream(answer)
     return Response(events=events, headers=ray, answered=True)
+
+
+def _embeddings(emulator: State, model: str, body: Any) -> Response:
+    """Serve a bge embedding run: ``{"text": str | [str]}`` -> ``{"shape", "data", "pooling"}``."""
+    pooling = body.get("pooling", "mean") if isinstance(body, dict) else None
+    if pooling not in ("mean", "cls"):
+        raise _bad("'/pooling' must be 'mean' or 'cls'")
+    vectors = embed(emulator, model, body, "text")
+    result = {"shape": [len(vectors), len(vectors[0])], "data": vectors, "pooling": pooling}
+    return Response(body=_envelope(result), headers=ray_headers(), answered=True)
+
+
+def embed(emulator: State, model: str, body: Any, field: str) -> list[list[float]]:
+    """Check the texts of an embedding request (``body[field]``) and return their vectors.
+
+    The vectors are :func:`hashed_embedding`'s: texts that share words are near, like a real
+    model's for captions that name the same colours and things (not its numbers).
+    """
+    texts = body.get(field) if isinstance(body, dict) else None
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise _bad(f"required properties at '/' are '{field}' (a string or an array of strings)")
+    limit = workers_ai.MAX_EMBEDDING_BATCH
+    if not 1 <= len(texts) <= limit:
+        raise _bad(f"'/{field}' must hold 1 to {limit} items")
+    dimensions = workers_ai.EMBEDDING_MODELS[model][0]
+    emulator.count_embedded(len(texts))
+    return [hashed_embedding(text, dimensions) for text in texts]
+
+
+def hashed_embedding(text: str, dimensions: int) -> list[float]:
+    """Return a unit vector of ``text``'s words, each hashed to a dimension (deterministic)."""
+    vector = [0.0] * dimensions
+    for word in re.findall(r"[a-z0-9]+", text.lower()) or [""]:
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        index = int.from_bytes(digest[:4], "little") % dimensions
+        vector[index] += 1.0 if digest[4] & 1 else -1.0
+    norm = sum(x * x for x in vector) ** 0.5
+    if not norm:  # the words' signs cancelled out
+        vector[0], norm = 1.0, 1.0
+    return [round(x / norm, 6) for x in vector]
 
 
 def _envelope(result: dict[str, Any]) -> dict[str, Any]:

@@ -218,6 +218,9 @@ class State(Protocol):
     def record(self, received: Received) -> None:
         """Keep a received request for inspection."""
 
+    def count_embedded(self, texts: int) -> None:
+        """Count the texts of an embedding run."""
+
     def check_key(self, provider: str, headers: Mapping[str, str]) -> bool:
         """Return whether the request carries ``provider``'s accepted credential."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from llamavision.errors import (
     AuthenticationError,
+    ConfigurationError,
     LicenseAgreementRequiredError,
     LlamaVisionError,
     MalformedResponseError,
@@ -202,6 +203,59 @@ def _inline(image: Image) -> ResolvedImage:
         "Cloudflare needs images inline: resolve (and download) them before encoding, "
         f"got {type(image.source).__name__}"
     )
+
+
+EMBEDDING_MODELS: Mapping[str, tuple[int, float]] = {
+    "@cf/baai/bge-small-en-v1.5": (384, 0.020),
+    "@cf/baai/bge-base-en-v1.5": (768, 0.0666),
+    "@cf/baai/bge-large-en-v1.5": (1024, 0.20),
+}
+"""Workers AI's text embedding models: dimensions, and USD per million input tokens."""
+DEFAULT_EMBEDDING_MODEL = "@cf/baai/bge-base-en-v1.5"
+MAX_EMBEDDING_BATCH = 100
+"""The most texts one embedding run takes."""
+
+
+def embedding_dimensions(model: str) -> int:
+    """Return the dimension of ``model``'s embeddings.
+
+    Raises:
+        ConfigurationError: ``model`` is not one of :data:`EMBEDDING_MODELS`.
+
+    """
+    known = EMBEDDING_MODELS.get(model)
+    if known is None:
+        raise ConfigurationError(
+            f"{model!r} is not a Workers AI text embedding model this package knows: use one "
+            f"of {', '.join(map(repr, EMBEDDING_MODELS))}."
+        )
+    return known[0]
+
+
+def embedding_payload(model: str, texts: list[str]) -> tuple[str, dict[str, Any]]:
+    """Build the path and JSON body of an embedding run (at most :data:`MAX_EMBEDDING_BATCH`)."""
+    return path_for(model), {"text": texts}
+
+
+def parse_embeddings(body: Any, *, count: int, dimensions: int) -> list[list[float]]:
+    """Parse an embedding run's reply: ``{"result": {"shape": [n, d], "data": [[...]]}}``.
+
+    Raises:
+        MalformedResponseError: no ``data``, or not ``count`` vectors of ``dimensions`` numbers.
+
+    """
+    result = body.get("result") if isinstance(body, Mapping) else None
+    result = as_mapping(result, NAME, "an embedding reply with a result")
+    data = as_list(result.get("data"), NAME, "embeddings")
+    if len(data) != count or not all(
+        isinstance(row, list) and len(row) == dimensions for row in data
+    ):
+        what = f"{len(data)} embeddings where {count} of {dimensions} numbers were asked for"
+        raise malformed(NAME, what, result.get("shape"))
+    try:
+        return [[float(x) for x in row] for row in data]
+    except (TypeError, ValueError):
+        raise malformed(NAME, "embeddings that are not numbers", data[:1]) from None
 
 
 def license_agreement(model: str) -> tuple[str, dict[str, Any]]:

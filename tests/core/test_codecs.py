@@ -518,3 +518,32 @@ def test_cloudflare_json_valued_response_becomes_text() -> None:
     assert json.loads(cf.parse_result(body).text) == {"colour": "red"}
     acc = sse(cf.StreamParser(), '{"response":{"colour":"red"},"usage":null}', "[DONE]")
     assert json.loads(acc.result().text) == {"colour": "red"}
+
+
+def test_cloudflare_embedding_run_and_reply() -> None:
+    # The bge models' documented shapes: {"text": [...]} -> {"shape": [n, d], "data": [...]}
+    path, body = cf.embedding_payload("@cf/baai/bge-small-en-v1.5", ["a", "b"])
+    assert (path, body) == ("/@cf/baai/bge-small-en-v1.5", {"text": ["a", "b"]})
+    reply = {
+        "result": {"shape": [2, 3], "data": [[0.1, -0.2, 0.3], [1, 0, 0]], "pooling": "mean"},
+        "success": True,
+        "errors": [],
+        "messages": [],
+    }
+    assert cf.parse_embeddings(reply, count=2, dimensions=3) == [[0.1, -0.2, 0.3], [1.0, 0, 0]]
+    assert cf.embedding_dimensions("@cf/baai/bge-large-en-v1.5") == 1024
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        None,
+        {"shape": [1, 3], "data": [[0.1, 0.2, 0.3]]},  # one vector where two were asked for
+        {"shape": [2, 2], "data": [[0.1, 0.2], [0.3, 0.4]]},  # the wrong size
+        {"data": [[0.1, "x", 0.3], [0.1, 0.2, 0.3]]},  # not numbers
+        {"data": "nope"},
+    ],
+)
+def test_cloudflare_embedding_replies_of_the_wrong_shape_are_malformed(result: object) -> None:
+    with pytest.raises(MalformedResponseError, match="embedding"):
+        cf.parse_embeddings({"result": result, "success": True}, count=2, dimensions=3)

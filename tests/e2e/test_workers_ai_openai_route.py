@@ -2,7 +2,8 @@
 
 ``POST /client/v4/accounts/{account_id}/ai/v1/chat/completions`` (PROVIDERS.md section 5): what
 the OpenAI SDKs and LiteLLM's ``cloudflare/`` provider call. Same account, token, license gate,
-rate limits and faults as the native ``/ai/run/`` route; Cloudflare's error envelope.
+rate limits and faults as the native ``/ai/run/`` route; Cloudflare's error envelope. And
+``/ai/v1/embeddings`` for the bge models, with the native route's vectors.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import openai
 import pytest
 
+from llamavision.embeddings import WorkersAIEmbedder
 from llamavision.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_CLOUDFLARE_TOKEN, Emulator, Fault
 from llamavision.emulator.server import EmulatorServer
 from tests.e2e.support import SAMPLE_DATA_URL, WEATHER_TOOL
@@ -93,3 +95,20 @@ def test_rate_limits_faults_and_errors_are_cloudflares(
         sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert limited.value.body["errors"][0]["code"] == 3021  # type: ignore[index]
     assert emulator.counters["rate_limited"] == 1
+
+
+def test_embeddings_are_the_native_routes_in_openais_format(
+    sdk: openai.OpenAI, emulator: Emulator
+) -> None:
+    small = "@cf/baai/bge-small-en-v1.5"
+    texts = ["a red square", "a blue circle"]
+    native = WorkersAIEmbedder(small).embed(texts)
+    as_floats = sdk.embeddings.create(model=small, input=texts, encoding_format="float")
+    assert [e.embedding for e in as_floats.data] == native
+    assert as_floats.usage.prompt_tokens == 6
+    packed = sdk.embeddings.create(model=small, input=texts)  # the SDK asks for base64
+    for got, want in zip(packed.data, native, strict=True):
+        assert got.embedding == pytest.approx(want, abs=1e-6)
+    assert emulator.counters["embedded"] == 6
+    with pytest.raises(openai.BadRequestError, match="No such model"):
+        sdk.embeddings.create(model="text-embedding-3-small", input=texts)
