@@ -11,12 +11,20 @@ except ImportError as exc:
 
 from langchain_llamavision.chat_models import ChatLlamaVision, local_image_block
 from langchain_llamavision.document_loaders import CaptionLoader
-from langchain_llamavision.rag import WordLlamaEmbeddings, caption_store, image_question
+from langchain_llamavision.rag import (
+    WordLlamaEmbeddings,
+    WorkersAIEmbeddings,
+    caption_embeddings,
+    caption_store,
+    image_question,
+)
 
 __all__ = [
     "CaptionLoader",
     "ChatLlamaVision",
     "WordLlamaEmbeddings",
+    "WorkersAIEmbeddings",
+    "caption_embeddings",
     "caption_store",
     "image_question",
     "local_image_block",

@@ -1,4 +1,7 @@
-"""Image RAG over captions with LangChain: WordLlama embeddings and an on-disk Qdrant store.
+"""Image RAG over captions with LangChain: embeddings and an on-disk Qdrant store.
+
+Embeddings: WordLlama's offline (:class:`WordLlamaEmbeddings`), Workers AI's with your
+Cloudflare keys (:class:`WorkersAIEmbeddings`); :func:`caption_embeddings` picks one.
 
 Needs the ``rag`` extra (``pip install 'llamavision[rag]'``); see :mod:`llamavision.rag`.
 """
@@ -11,20 +14,23 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.messages import HumanMessage
+from pydantic import BaseModel, ConfigDict, PrivateAttr, SecretStr
 
 from langchain_llamavision.chat_models import local_image_block
 from langchain_llamavision.document_loaders import CaptionLoader
 from llamavision import rag
 from llamavision.captions_file import is_uri
+from llamavision.embeddings import WorkersAIEmbedder
 from llamavision.errors import missing_extra
+from llamavision.providers import workers_ai
 
 
 class WordLlamaEmbeddings(Embeddings):
     """WordLlama text embeddings (256 dimensions), offline, from its packaged weights.
 
     A static embedding model: fast on a CPU, no download, no key. Good enough to find a
-    caption by what it names (colours, objects, places); a provider's embedding model (Workers
-    AI's ``@cf/baai/bge-*`` through ``CloudflareWorkersAIEmbeddings``) finds paraphrases better.
+    caption by what it names (colours, objects, places); a provider's embedding model
+    (:class:`WorkersAIEmbeddings`) finds paraphrases better.
 
     Instantiate:
         .. code-block:: python
@@ -36,6 +42,8 @@ class WordLlamaEmbeddings(Embeddings):
 
     """
 
+    dimensions = rag.WORDLLAMA_DIMENSIONS
+
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (unit-length vectors)."""
         return rag.embed(texts)
@@ -43,6 +51,94 @@ class WordLlamaEmbeddings(Embeddings):
     def embed_query(self, text: str) -> list[float]:
         """Embed a query (unit-length vector)."""
         return rag.embed([text])[0]
+
+
+class WorkersAIEmbeddings(BaseModel, Embeddings):
+    """Cloudflare Workers AI text embeddings (``@cf/baai/bge-*``), with retries and typed errors.
+
+    The same credentials and variables as ``ChatLlamaVision(provider="cloudflare")``
+    (``CLOUDFLARE_ACCOUNT_ID``, ``CLOUDFLARE_API_TOKEN``, ``CLOUDFLARE_BASE_URL``,
+    ``CLOUDFLARE_GATEWAY_ID``); texts go in batches of up to 100, a rate-limited batch is
+    retried after its ``Retry-After``, and a failure raises llamavision's typed errors with
+    the token redacted. The bundled emulator serves these models too.
+
+    Setup:
+        .. code-block:: bash
+
+            pip install 'llamavision[rag]'
+            export CLOUDFLARE_ACCOUNT_ID="..." CLOUDFLARE_API_TOKEN="..."
+
+    Key init args:
+        model: ``"@cf/baai/bge-base-en-v1.5"`` (768 dimensions, the default),
+            ``"@cf/baai/bge-small-en-v1.5"`` (384) or ``"@cf/baai/bge-large-en-v1.5"`` (1024).
+        api_key: the Workers AI token (default ``CLOUDFLARE_API_TOKEN``).
+        account_id: the account (default ``CLOUDFLARE_ACCOUNT_ID``).
+        base_url: the ``.../ai/run`` base URL (default ``CLOUDFLARE_BASE_URL``, else Cloudflare's).
+        timeout: seconds per request. max_retries: retries of a failed batch.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_llamavision import WorkersAIEmbeddings
+
+            embeddings = WorkersAIEmbeddings()
+            vectors = embeddings.embed_documents(["a red square", "a sunset over the sea"])
+            vector = embeddings.embed_query("the red one")
+
+    """
+
+    model: str = workers_ai.DEFAULT_EMBEDDING_MODEL
+    api_key: SecretStr | None = None
+    account_id: str | None = None
+    base_url: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 2
+
+    model_config = ConfigDict(extra="forbid")
+    _embedder: WorkersAIEmbedder = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Configure the client now: a missing key or an unknown model fails here."""
+        self._embedder = WorkersAIEmbedder(
+            self.model,
+            api_key=self.api_key,
+            account_id=self.account_id,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
+
+    @property
+    def dimensions(self) -> int:
+        """How many numbers each embedding has."""
+        return self._embedder.dimensions
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents."""
+        return self._embedder.embed(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a query."""
+        return self._embedder.embed([text])[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (async)."""
+        return await self._embedder.aembed(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Embed a query (async)."""
+        return (await self._embedder.aembed([text]))[0]
+
+
+def caption_embeddings() -> Embeddings:
+    """Return the embeddings for a caption index, by the rule the chat model follows for keys.
+
+    :class:`WorkersAIEmbeddings` when your Cloudflare credentials are in the environment
+    (``CLOUDFLARE_ACCOUNT_ID`` and ``CLOUDFLARE_API_TOKEN``, not the bundled emulator's),
+    else :class:`WordLlamaEmbeddings`, offline. An index keeps the embeddings it was built
+    with: give each its own folder (the notebooks name the folder after the class).
+    """
+    return WorkersAIEmbeddings() if rag.use_workers_ai() else WordLlamaEmbeddings()
 
 
 def caption_store(
@@ -87,7 +183,8 @@ def caption_store(
     embedding = embedding or WordLlamaEmbeddings()
     client = client or rag.local_qdrant(path)
     adding = rag.not_held(client, collection, CaptionLoader(captions).lazy_load())
-    rag.ensure_collection(client, collection, len(embedding.embed_query("dimension")))
+    size = rag.dimensions(embedding, lambda: embedding.embed_query("dimension"))
+    rag.ensure_collection(client, collection, size)
     store = QdrantVectorStore(  # checked above, without embedding a probe document
         client=client, collection_name=collection, embedding=embedding,
         validate_collection_config=False,

@@ -14,7 +14,13 @@ except ImportError as exc:
 
 from llamaindex_llamavision.base import LlamaVision
 from llamaindex_llamavision.multi_modal import LlamaVisionMultiModal
-from llamaindex_llamavision.rag import CaptionImages, WordLlamaEmbedding, caption_index
+from llamaindex_llamavision.rag import (
+    CaptionImages,
+    WordLlamaEmbedding,
+    WorkersAIEmbedding,
+    caption_embedding,
+    caption_index,
+)
 from llamaindex_llamavision.readers import CaptionReader
 
 __all__ = [
@@ -23,5 +29,7 @@ __all__ = [
     "LlamaVision",
     "LlamaVisionMultiModal",
     "WordLlamaEmbedding",
+    "WorkersAIEmbedding",
+    "caption_embedding",
     "caption_index",
 ]

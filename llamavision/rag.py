@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +60,20 @@ def wordllama_model() -> Any:
     return wordllama.WordLlama.load(
         cache_dir=packaged, dim=WORDLLAMA_DIMENSIONS, disable_download=True
     )
+
+
+def use_workers_ai() -> bool:
+    """Return whether to embed captions with Workers AI: your Cloudflare credentials are set.
+
+    ``CLOUDFLARE_ACCOUNT_ID`` and ``CLOUDFLARE_API_TOKEN`` in the environment, set by you
+    (not by :func:`~llamavision.emulator.use_emulator_unless_configured` for the bundled
+    emulator). The rule the notebooks' embeddings follow, as their chat model does: with
+    keys, the provider's model (``@cf/baai/bge-base-en-v1.5``, through
+    :class:`~llamavision.embeddings.WorkersAIEmbedder`); without, WordLlama, offline.
+    """
+    from llamavision.emulator.server import configured_by_user
+
+    return configured_by_user("cloudflare")
 
 
 def embed(texts: Sequence[str]) -> list[list[float]]:
@@ -116,26 +130,41 @@ def _close_all() -> None:
 
 
 def ensure_collection(client: Any, collection: str, dimensions: int) -> None:
-    """Create ``collection`` (cosine distance) unless it exists.
-
-    Raises:
-        ConfigurationError: it exists, made for embeddings of another dimension.
-
-    """
+    """Create ``collection`` (cosine distance) unless it exists; see :func:`check_dimensions`."""
     from qdrant_client.models import Distance, VectorParams
 
     if not client.collection_exists(collection):
         client.create_collection(
             collection, vectors_config=VectorParams(size=dimensions, distance=Distance.COSINE)
         )
+    else:
+        check_dimensions(client, collection, dimensions)
+
+
+def check_dimensions(client: Any, collection: str, dimensions: int) -> None:
+    """Check that ``collection``, if it exists, holds vectors of ``dimensions`` numbers.
+
+    Raises:
+        ConfigurationError: it was made for embeddings of another dimension (other
+            embeddings than these), with what to do.
+
+    """
+    if not client.collection_exists(collection):
         return
-    size = getattr(client.get_collection(collection).config.params.vectors, "size", dimensions)
-    if size != dimensions:
+    vectors = client.get_collection(collection).config.params.vectors
+    sizes = {v.size for v in vectors.values()} if isinstance(vectors, dict) else {vectors.size}
+    if dimensions not in sizes:
         raise ConfigurationError(
-            f"The index's collection {collection!r} holds {size}-dimension vectors, and these "
-            f"embeddings make {dimensions}: use the embeddings it was built with, or a new "
-            "folder (or collection) for these."
+            f"The index's collection {collection!r} holds {min(sizes)}-dimension vectors, and "
+            f"these embeddings make {dimensions}: use the embeddings it was built with, or a "
+            "new folder (or collection) for these."
         )
+
+
+def dimensions(embeddings: Any, probe: Callable[[], Sequence[float]]) -> int:
+    """Return how many numbers ``embeddings`` make: their ``dimensions``, else ``len(probe())``."""
+    known = getattr(embeddings, "dimensions", None)
+    return known if isinstance(known, int) else len(probe())
 
 
 def not_held(client: Any, collection: str, documents: Iterable[T]) -> dict[str, T]:

@@ -82,6 +82,7 @@ def test_run_all_twice_in_one_kernel(
     assert "bundled emulator" in first and "bundled emulator" in second
     assert envs[0] == envs[1]  # the same emulator, reused by the second run
     if path.stem in CAPTIONING:  # the captions file is kept: the second run sends nothing
+        assert "embeddings: WordLlamaEmbedding" in first  # no keys: offline embeddings
         assert "4 captioned, 0 already done, 0 failed; 4 requests" in first
         assert "0 captioned, 4 already done, 0 failed; 0 requests" in second
         assert (tmp_path / "examples" / "images" / "captions-emulator.jsonl").is_file()
@@ -115,6 +116,9 @@ def test_real_cloudflare_credentials_are_used_untouched(
     assert ast.literal_eval(printed.split("ENV ", 1)[1].strip()) == mine  # all as the user set them
     served = {r.provider for r in emulator.requests}
     assert served == {"cloudflare"}, "the answers came from the user's endpoint"
+    if path.stem in CAPTIONING:  # and the index's embeddings: Workers AI's bge-base
+        assert "embeddings: WorkersAIEmbedding" in printed
+        assert emulator.counters["embedded"] >= 4  # the four captions, then the questions
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

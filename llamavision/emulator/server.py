@@ -279,6 +279,17 @@ def _credential_names(provider: str) -> list[str]:
     return [*([codec.ACCOUNT_ENV] if codec.ACCOUNT_ENV else []), codec.KEY_ENV]
 
 
+def configured_by_user(provider: str) -> bool:
+    """Return whether ``provider``'s credentials are in the environment, set by the user.
+
+    Not when :func:`use_emulator_unless_configured` set them for the bundled emulator.
+    """
+    return all(
+        os.environ.get(name) and os.environ.get(name) != _OWNED.get(name)
+        for name in _credential_names(provider)
+    )
+
+
 def start_unless_configured(
     provider: str = "aigateway", stream: TextIO | None = None
 ) -> EmulatorServer | None:

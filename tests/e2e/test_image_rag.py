@@ -1,8 +1,10 @@
-"""Image RAG as the notebooks build it: captions into an on-disk Qdrant index, WordLlama.
+"""Image RAG as the notebooks build it: captions into an on-disk Qdrant index.
 
 The same helpers the notebooks call (``caption_store`` for LangChain, ``caption_index`` for
 LlamaIndex), over images generated here and captioned by the emulator, which describes each
-image's dominant colours: a question naming a colour must retrieve that image first.
+image's dominant colours: a question naming a colour must retrieve that image first. With
+each kind of embeddings the notebooks use: WordLlama's (offline) and Workers AI's (with keys;
+here the emulator's bge route, whose vectors are hashed words, stands in for Cloudflare).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image, ImageDraw
 from langchain_llamavision import (
     ChatLlamaVision,
     WordLlamaEmbeddings,
+    WorkersAIEmbeddings,
     caption_store,
     image_question,
 )
@@ -25,11 +28,16 @@ from llamaindex_llamavision import (
     CaptionImages,
     LlamaVisionMultiModal,
     WordLlamaEmbedding,
+    WorkersAIEmbedding,
     caption_index,
 )
 from llamavision import LlamaVisionClient
 from llamavision.captions import caption_images
 from llamavision.emulator import Emulator
+from llamavision.errors import ConfigurationError
+
+LANGCHAIN = {"wordllama": WordLlamaEmbeddings, "workers_ai": WorkersAIEmbeddings}
+LLAMAINDEX = {"wordllama": WordLlamaEmbedding, "workers_ai": WorkersAIEmbedding}
 
 COLOURS = {  # what the emulator names, and a shape of another colour on each (under 15 %)
     "red": ((200, 30, 30), (245, 245, 245)),
@@ -102,8 +110,11 @@ def captioned(emulator: Emulator, tmp_path: Path) -> Path:
     return out
 
 
-def test_langchain_retrieves_the_image_a_question_names(captioned: Path, tmp_path: Path) -> None:
-    store = caption_store(captioned, tmp_path / "index")
+@pytest.mark.parametrize("kind", LANGCHAIN)
+def test_langchain_retrieves_the_image_a_question_names(
+    kind: str, captioned: Path, emulator: Emulator, tmp_path: Path
+) -> None:
+    store = caption_store(captioned, tmp_path / "index", embedding=LANGCHAIN[kind]())
     retriever = store.as_retriever(search_kwargs={"k": 1})
     right = [
         Path(retriever.invoke(question(name))[0].metadata["image_path"]).name.startswith(name)
@@ -112,8 +123,11 @@ def test_langchain_retrieves_the_image_a_question_names(captioned: Path, tmp_pat
     assert sum(right) >= 0.9 * len(COLOURS), dict(zip(COLOURS, right, strict=True))
 
 
-def test_llamaindex_retrieves_the_image_a_question_names(captioned: Path, tmp_path: Path) -> None:
-    index = caption_index(captioned, tmp_path / "index")
+@pytest.mark.parametrize("kind", LLAMAINDEX)
+def test_llamaindex_retrieves_the_image_a_question_names(
+    kind: str, captioned: Path, emulator: Emulator, tmp_path: Path
+) -> None:
+    index = caption_index(captioned, tmp_path / "index", embed_model=LLAMAINDEX[kind]())
     retriever = index.as_retriever(similarity_top_k=1)
     right = [
         Path(retriever.retrieve(question(name))[0].node.metadata["image_path"]).name.startswith(
@@ -194,3 +208,30 @@ def test_a_llamaindex_engine_shows_the_model_the_retrieved_image(
     context = next(m["text"] for m in sent.messages if "Context information" in m["text"])
     assert "mostly cyan" in context and len(sent.images) == 1
     assert "mostly cyan" in str(response).split("You asked")[0]  # the model saw the cyan one
+
+
+def test_workers_ai_embeds_only_new_captions_in_batches(emulator: Emulator, tmp_path: Path) -> None:
+    out = tmp_path / "images" / "captions.jsonl"
+    paths = make_images(tmp_path / "images", list(COLOURS))
+    caption(paths[:6], out)
+    before = emulator.counters["requests"]
+    caption_store(out, tmp_path / "lc", embedding=WorkersAIEmbeddings())
+    caption_index(out, tmp_path / "li", embed_model=WorkersAIEmbedding())
+    assert emulator.counters["embedded"] == 6 + 6  # no probe text: the model's size is known
+    assert emulator.counters["requests"] - before == 2  # one batch each
+    caption(paths, out)
+    caption_store(out, tmp_path / "lc", embedding=WorkersAIEmbeddings())
+    caption_index(out, tmp_path / "li", embed_model=WorkersAIEmbedding())
+    assert emulator.counters["embedded"] == 12 + 4 + 4
+
+
+def test_an_index_refuses_embeddings_of_another_size(
+    captioned: Path, emulator: Emulator, tmp_path: Path
+) -> None:
+    caption_store(captioned, tmp_path / "lc")  # WordLlama: 256
+    with pytest.raises(ConfigurationError, match=r"256-dimension vectors.*make 768"):
+        caption_store(captioned, tmp_path / "lc", embedding=WorkersAIEmbeddings())
+    caption_index(captioned, tmp_path / "li")
+    with pytest.raises(ConfigurationError, match=r"256-dimension vectors.*make 384"):
+        small = WorkersAIEmbedding(model_name="@cf/baai/bge-small-en-v1.5")
+        caption_index(captioned, tmp_path / "li", embed_model=small)
