@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,27 @@ def start_caption_run(*args: str) -> subprocess.Popen[str]:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+@contextmanager
+def notebook_session() -> Iterator[None]:
+    """A reader's session for ``use_emulator_unless_configured``, without any provider keys.
+
+    Restores afterwards what it changes: the environment, and the emulator the function
+    started and the variables it set (later tests, and notebooks, inherit them otherwise).
+    """
+    from llamavision.emulator import server as module
+
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name.startswith(("AIGATEWAY_", "CLOUDFLARE_")):
+            del os.environ[name]
+    try:
+        yield
+    finally:
+        if module._SHARED is not None:
+            module._SHARED.stop()
+        module._SHARED = None
+        module._OWNED.clear()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -31,6 +31,7 @@ from llamavision.errors import (
     MalformedResponseError,
     RateLimitError,
 )
+from tests.e2e.support import notebook_session
 
 TEXTS = ["a red square on white", "a blue circle", "a sunset over the sea"]
 
@@ -130,13 +131,7 @@ def test_langchain_cloudflares_own_class_reads_the_same_route(emulator: Emulator
 
 
 def test_notebooks_pick_workers_ai_only_with_the_users_keys() -> None:
-    from llamavision.emulator import server as module
-
-    saved = dict(os.environ)  # restored as it was: later tests inherit it
-    for name in list(os.environ):
-        if name.startswith(("AIGATEWAY_", "CLOUDFLARE_")):
-            del os.environ[name]
-    try:
+    with notebook_session():
         assert isinstance(caption_embeddings(), WordLlamaEmbeddings)  # no keys: offline
         assert isinstance(caption_embedding(), WordLlamaEmbedding)
         assert use_emulator_unless_configured("cloudflare", stream=io.StringIO())
@@ -147,10 +142,3 @@ def test_notebooks_pick_workers_ai_only_with_the_users_keys() -> None:
         os.environ["CLOUDFLARE_API_TOKEN"] = "the-users-own-token"
         assert isinstance(caption_embeddings(), WorkersAIEmbeddings)
         assert isinstance(caption_embedding(), WorkersAIEmbedding)
-    finally:
-        if module._SHARED is not None:
-            module._SHARED.stop()
-        module._SHARED = None
-        module._OWNED.clear()
-        os.environ.clear()
-        os.environ.update(saved)

@@ -28,6 +28,7 @@ from llamavision.emulator import (
 )
 from llamavision.errors import ConfigurationError, RateLimitError, ServerError
 from llamavision.providers import openai_compat
+from tests.e2e.support import notebook_session
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "images" / "red-square.png"
 
@@ -159,7 +160,12 @@ def test_a_test_in_another_process_scripts_the_emulator_over_http() -> None:
         (received,) = control.get("requests").json()["requests"]  # the model answered one
         assert received["images"] == [f"image/png, {len(SAMPLE.read_bytes()):,} bytes"]
         assert "base64" not in json.dumps(received) and received["messages"][-1]["text"] == "what?"
-        assert control.get("counters").json() == {"requests": 2, "received": 1, "rate_limited": 0}
+        assert control.get("counters").json() == {
+            "requests": 2,
+            "received": 1,
+            "rate_limited": 0,
+            "embedded": 0,
+        }
         control.post("reset")
         assert control.get("counters").json()["requests"] == 0
         bad = control.post("faults", json={"faults": [{"kind": "status", "_until": 1}]})
@@ -178,10 +184,7 @@ def test_a_notebook_setup_reuses_its_emulator_and_never_overwrites_the_users_var
 ) -> None:
     from llamavision.emulator import server as module
 
-    saved = dict(os.environ)  # restored as it was: later tests (and notebooks) inherit it
-    os.environ.pop("AIGATEWAY_API_KEY", None)
-    os.environ.pop("AIGATEWAY_BASE_URL", None)
-    try:
+    with notebook_session():
         url = use_emulator_unless_configured("aigateway")
         assert url and os.environ["AIGATEWAY_BASE_URL"] == f"{url}/v1"
         assert use_emulator_unless_configured("aigateway") == url  # run again: the same one
@@ -196,10 +199,3 @@ def test_a_notebook_setup_reuses_its_emulator_and_never_overwrites_the_users_var
         assert use_emulator_unless_configured("aigateway") is None
         assert os.environ["AIGATEWAY_API_KEY"] == "sk-real"
         assert "credentials in the environment" in capsys.readouterr().out
-    finally:
-        if module._SHARED is not None:
-            module._SHARED.stop()
-        module._SHARED = None
-        module._OWNED.clear()
-        os.environ.clear()
-        os.environ.update(saved)
