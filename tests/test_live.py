@@ -6,6 +6,7 @@ Each test skips cleanly when its provider's credentials are not set, or when a
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -91,3 +92,21 @@ def test_llamaindex_classes(provider: str) -> None:
         image_documents=[ImageNode(image_path=str(SAMPLES / "red-square.png"))],
     )
     assert "red" in text.text.lower()
+
+
+def test_workers_ai_embeddings_find_a_paraphrase() -> None:
+    missing = [v for v in CREDENTIALS["cloudflare"] if not os.environ.get(v)]
+    if missing or os.environ.get(BASE_URLS["cloudflare"]):
+        pytest.skip("live cloudflare test: set CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_API_TOKEN")
+    from llamavision.embeddings import WorkersAIEmbedder
+
+    embedder = WorkersAIEmbedder()
+    square, sunset, query = embedder.embed(
+        ["A red square on a white background.", "The sun setting over the sea.", "crimson box"]
+    )
+    assert len(square) == embedder.dimensions == 768
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.hypot(*a) / math.hypot(*b)
+
+    assert cosine(query, square) > cosine(query, sunset)

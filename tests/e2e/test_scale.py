@@ -213,7 +213,7 @@ def test_emulator_rate_limit_answers_with_the_providers_own_429(
         with pytest.raises(RateLimitError) as caught:
             c.chat("three")
     assert caught.value.code == code and caught.value.retry_after == 1.0
-    assert emulator.counters == {"requests": 3, "received": 2, "rate_limited": 1}
+    assert emulator.counters == {"requests": 3, "received": 2, "rate_limited": 1, "embedded": 0}
     other = httpx.post(  # another key has its own bucket
         emulator_server.aigateway_base_url + "/chat/completions",
         headers={"Authorization": "Bearer someone-else"},
