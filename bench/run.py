@@ -48,9 +48,16 @@ class Config:
     fresh_processes: bool = True  # each async sample in a process of its own
 
 
-def measure(fn: Callable[[], Any], n: int, repeats: int) -> tuple[float, float]:
-    """Return the median (CPU seconds, wall seconds) of ``n`` calls of ``fn``."""
-    fn()  # warm-up: imports, connection, caches
+def measure(
+    fn: Callable[[], Any], n: int, repeats: int, *, warm_up: bool = True
+) -> tuple[float, float]:
+    """Return the median (CPU seconds, wall seconds) of ``n`` calls of ``fn``.
+
+    ``warm_up`` calls ``fn`` once first (imports, connection, caches): pass ``False`` when
+    the caller just did.
+    """
+    if warm_up:
+        fn()
     cpu, wall = [], []
     for _ in range(repeats):
         c0, w0 = time.process_time(), time.perf_counter()
@@ -299,8 +306,8 @@ def per_chunk(c: Clients, cfg: Config, scenario: str, chunks: int) -> list[Row]:
     """CPU per streamed chunk and time to first token, for every client."""
     rows = []
     for name, fn in stream_clients(c, scenario):
-        got = fn()
-        cpu, wall = measure(fn, cfg.streams, cfg.repeats)
+        got = fn()  # the warm-up, counting the chunks
+        cpu, wall = measure(fn, cfg.streams, cfg.repeats, warm_up=False)
         rows.append(
             Row(
                 name,

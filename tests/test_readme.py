@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import runpy
+import signal
+import uuid
 from pathlib import Path
 
 import pytest
 from packaging.version import Version
 
 from llamavision.emulator import Emulator
+from tests.conftest import suite_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -25,7 +30,18 @@ def test_readme_example_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(ROOT)
-    exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    mark = f"LLAMAVISION_README_BLOCK={uuid.uuid4().hex}"
+    monkeypatch.setenv(*mark.split("="))  # what the block starts inherits it
+    try:
+        exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    finally:
+        # The Ray example's ray.init() runs Ray's dashboard (ray[default] is installed), which
+        # our jobs never do; Ray 2.51's shutdown sometimes leaves one of the dashboard's
+        # module processes (multiprocessing spawn children) behind, orphaned, as the
+        # Ray-display test saw too. Stop what is left of the block's processes.
+        for pid in suite_processes(mark):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     assert capsys.readouterr().out.strip()
 
 
