@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -104,7 +104,7 @@ class WorkersAIEmbedder:
         """
         vectors: list[list[float]] = []
         for batch in self._batches(texts):
-            vectors.extend(self._retrying(batch, time.sleep))
+            vectors.extend(self._retrying(batch))
         return vectors
 
     async def aembed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -124,7 +124,7 @@ class WorkersAIEmbedder:
         items = [texts] if isinstance(texts, str) else list(texts)
         return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
-    def _retrying(self, batch: list[str], sleep: Callable[[float], None]) -> list[list[float]]:
+    def _retrying(self, batch: list[str]) -> list[list[float]]:
         ep, attempt = self.endpoint, 0
         while True:
             ticket = ep.governor.acquire()
@@ -139,7 +139,7 @@ class WorkersAIEmbedder:
             else:
                 ticket.release()
                 return vectors
-            sleep(delay)
+            time.sleep(delay)
             attempt += 1
 
     async def _aretrying(self, batch: list[str]) -> list[list[float]]:

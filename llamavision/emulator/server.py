@@ -340,8 +340,7 @@ def use_emulator_unless_configured(
     for name, value in list(_OWNED.items()):
         if os.environ.get(name) != value:
             del _OWNED[name]  # changed or removed by the user: theirs now
-    needed = _credential_names(provider)
-    if all(os.environ.get(n) and n not in _OWNED for n in needed):
+    if configured_by_user(provider):
         for name in list(_OWNED):
             del os.environ[name], _OWNED[name]
         print(f"llamavision: using {provider} with the credentials in the environment.", file=out)
@@ -351,7 +350,7 @@ def use_emulator_unless_configured(
     for name, value in _SHARED.env().items():
         if name in _provider_variables(provider) and (name in _OWNED or name not in os.environ):
             os.environ[name] = _OWNED[name] = value
-    missing = " and ".join(needed)
+    missing = " and ".join(_credential_names(provider))
     print(
         f"llamavision: no {missing} set, so {provider} is the bundled emulator at "
         f"{_SHARED.url}: answers are synthetic. Set {missing} (and run this again) to use the "
